@@ -1,0 +1,148 @@
+"""Bundles: deterministic export, and refusal of every hostile or broken bundle."""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from warmer.bundle import (
+    MANIFEST_NAME,
+    bundle_name,
+    open_bundle,
+    read_manifest,
+    verify_bundle,
+    write_bundle,
+)
+from warmer.envkey import EnvKey
+from warmer.errors import BundleError
+from warmer.restore import restore
+from warmer.store.cas import digest_bytes
+from warmer.store.manifest import FileEntry, Manifest
+
+FILES = {
+    "/root/.triton/cache/KEY/add_kernel.cubin": b"\x7fELF" + bytes(range(256)) * 40,
+    "/root/.triton/cache/KEY/add_kernel.json": b'{"name": "add_kernel"}',
+    "/tmp/torchinductor_root/fxgraph/ab/graph": b"graph bytes",
+}
+
+
+def make_manifest(files: dict[str, bytes] = FILES, *, env: EnvKey | None = None) -> Manifest:
+    env = env or EnvKey.probe()
+    entries = tuple(
+        FileEntry(
+            path=path,
+            kind="triton" if "triton" in path else "inductor",
+            digest=digest_bytes(data),
+            size=len(data),
+            mode=0o644,
+        )
+        for path, data in sorted(files.items())
+    )
+    return Manifest(
+        name="unit", env=env.to_dict(), env_tag=env.tag, env_digest=env.digest, files=entries
+    )
+
+
+def opener(files: dict[str, bytes]):  # type: ignore[no-untyped-def]
+    by_digest = {digest_bytes(data): data for data in files.values()}
+    return lambda digest: io.BytesIO(by_digest[digest])
+
+
+def raw_tar(path: Path, members: list[tuple[tarfile.TarInfo, bytes | None]]) -> Path:
+    """Write a tar by hand, for bundles that warmer itself would never write."""
+    with tarfile.open(path, "w") as tar:
+        for info, data in members:
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return path
+
+
+def member(name: str, data: bytes = b"", **attrs: object) -> tuple[tarfile.TarInfo, bytes | None]:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    for key, value in attrs.items():
+        setattr(info, key, value)
+    return info, data if info.isreg() else None
+
+
+def manifest_member(manifest: Manifest) -> tuple[tarfile.TarInfo, bytes | None]:
+    return member(MANIFEST_NAME, manifest.to_bytes())
+
+
+@pytest.mark.parametrize("fmt", ["zst", "gz"])
+def test_export_is_deterministic_and_reads_back(tmp_path: Path, fmt: str) -> None:
+    manifest = make_manifest()
+    first = write_bundle(manifest, opener(FILES), tmp_path / "a", fmt)  # type: ignore[arg-type]
+    (tmp_path / "b").mkdir()
+    second = write_bundle(manifest, opener(FILES), tmp_path / "b", fmt)  # type: ignore[arg-type]
+    assert first.read_bytes() == second.read_bytes()
+    assert second.name == bundle_name(manifest, fmt)  # type: ignore[arg-type]
+    assert manifest.name in second.name and manifest.env_tag in second.name
+    assert read_manifest(second) == manifest
+    assert verify_bundle(second) == []
+    with open_bundle(second) as bundle:
+        got = {entry.path: reader.read_all() for entry, reader in bundle.files()}
+    assert got == FILES
+
+
+def test_gz_bundle_unpacks_with_plain_tar_at_absolute_paths(tmp_path: Path) -> None:
+    """What Docker's `ADD bundle.tar.gz /` does: plain tar extraction at the paths."""
+    bundle = write_bundle(make_manifest(), opener(FILES), tmp_path, "gz")
+    target = tmp_path / "rootfs"
+    target.mkdir()
+    with tarfile.open(bundle, "r:gz") as tar:
+        names = tar.getnames()
+        tar.extractall(target, filter="data")
+    assert names[0] == MANIFEST_NAME
+    for path, data in FILES.items():
+        assert (target / path.lstrip("/")).read_bytes() == data
+
+
+def hostile_cases(tmp_path: Path) -> dict[str, Path]:
+    tmp_path.mkdir()
+    manifest = make_manifest()
+    good = [manifest_member(manifest)] + [
+        member(path.lstrip("/"), data) for path, data in sorted(FILES.items())
+    ]
+    first_name = good[1][0].name
+    cases = {
+        "traversal": [*good[:1], member("../../escape", b"x"), *good[1:]],
+        "absolute": [*good[:1], member("/etc/evil", b"x"), *good[1:]],
+        "symlink": [*good[:1], member(first_name, type=tarfile.SYMTYPE, linkname="/etc/passwd")],
+        "hardlink": [*good[:1], member(first_name, type=tarfile.LNKTYPE, linkname="etc/passwd")],
+        "device": [*good[:1], member(first_name, type=tarfile.CHRTYPE, devmajor=1, devminor=3)],
+        "fifo": [*good[:1], member(first_name, type=tarfile.FIFOTYPE)],
+        "wrong-hash": [*good[:1], member(first_name, b"X" * good[1][0].size), *good[2:]],
+        "missing-member": good[:-1],
+        "extra-member": [*good, member("root/extra", b"surprise")],
+        "no-manifest": good[1:],
+    }
+    paths = {name: raw_tar(tmp_path / f"{name}.tar", members) for name, members in cases.items()}
+    whole = write_bundle(manifest, opener(FILES), tmp_path, "zst")
+    data = whole.read_bytes()
+    truncated = tmp_path / "truncated.tar.zst"
+    truncated.write_bytes(data[: len(data) // 2])
+    paths["truncated"] = truncated
+    garbage = tmp_path / "garbage.tar.zst"
+    garbage.write_bytes(b"\x28\xb5\x2f\xfd" + os.urandom(4096))
+    paths["garbage"] = garbage
+    return paths
+
+
+def test_hostile_and_broken_bundles_are_refused_without_writing(tmp_path: Path) -> None:
+    cases = hostile_cases(tmp_path / "cases")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    for name, path in cases.items():
+        target = outside / "target"
+        target.mkdir()
+        with pytest.raises(BundleError):
+            restore(path, root=target)
+        assert verify_bundle(path), name
+        # nothing landed: not in the target, not beside it
+        assert list(target.rglob("*")) == [], name
+        assert sorted(p.name for p in outside.iterdir()) == ["target"], name
+        target.rmdir()

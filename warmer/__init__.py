@@ -1,0 +1,31 @@
+"""warmer: compile caches as a build step.
+
+Importing this package imports nothing third-party: the in-container agent runs it from a
+read-only mount under whatever Python the user's image has.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from warmer.restore import RestoreReport
+    from warmer.save import SaveResult
+
+__all__ = ["__version__", "restore", "save"]
+
+
+def restore(path: str, *, root: str = "/", force: bool = False) -> RestoreReport:
+    """Install a bundle's caches into this machine's cache roots (see `warmer.restore`)."""
+    from warmer.restore import restore as _restore
+
+    return _restore(path, root=root, force=force)
+
+
+def save(**kwargs: Any) -> SaveResult:
+    """Snapshot this machine's compile caches into the store and export a bundle."""
+    from warmer.save import save as _save
+
+    return _save(**kwargs)

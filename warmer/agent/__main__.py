@@ -1,0 +1,85 @@
+"""`python -m warmer.agent run --job JOB.json` (warm-up + report) and `... probe` (env JSON).
+
+`run` always ends with one WARMER-REPORT line, also when the job file or the engine fails:
+then the report says ok=false with the error, the traceback goes to stderr and the exit
+status is 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import traceback
+
+from warmer.agent.engines import run_engine
+from warmer.agent.probe import probe
+from warmer.agent.report import (
+    PROTOCOL_VERSION,
+    REPORT_PREFIX,
+    Channel,
+    EngineError,
+    Outcome,
+    Progress,
+    facts,
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m warmer.agent", description="warmer's in-container agent"
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    run_parser = commands.add_parser("run", help="run a warm-up job and report on stdout")
+    run_parser.add_argument("--job", required=True, help="the job as JSON (Job.model_dump)")
+    commands.add_parser("probe", help="print this environment's key parts as JSON")
+    args = parser.parse_args(argv)
+    if args.command == "probe":
+        print(json.dumps(probe(), sort_keys=True))
+        return 0
+    return run(args.job)
+
+
+def run(job_path: str) -> int:
+    """Run the job's warm-up, send the report; 0 when the warm-up succeeded, else 1."""
+    started = time.perf_counter()
+    channel = Channel.take_stdout()
+    progress = Progress(channel)
+    env = probe()
+    outcome = Outcome()
+    error: str | None = None
+    try:
+        with open(job_path, encoding="utf-8") as handle:
+            job = json.load(handle)
+        outcome = run_engine(job, progress)
+    except EngineError as exc:
+        error = str(exc)
+        print(f"warmer agent: {error}", file=sys.stderr)
+    except Exception as exc:
+        error = f"{type(exc).__name__}: {exc}"
+        traceback.print_exc()
+    channel.send(
+        REPORT_PREFIX,
+        {
+            "agent": PROTOCOL_VERSION,
+            "ok": error is None,
+            "error": error,
+            "env": env,
+            "facts": facts(),
+            "timings": {
+                "import_s": outcome.import_s,
+                "compile_s": outcome.compile_s,
+                "total_s": round(time.perf_counter() - started, 3),
+            },
+            "counters": outcome.counters,
+            "hits": outcome.hits,
+            "misses": outcome.misses,
+            "steps": progress.steps,
+        },
+    )
+    return 0 if error is None else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,262 @@
+"""What this environment is, as the compile caches see it: versions, backend, GPU arch.
+
+Fast and side-effect free: torch is never imported (that takes seconds and may touch the
+GPU); its CUDA/HIP versions are read from `torch/version.py` with `ast`. GPUs come from
+`nvidia-smi` (CUDA) or the KFD topology in sysfs (ROCm). A part that cannot be read is None,
+never guessed.
+"""
+
+from __future__ import annotations
+
+import ast
+import glob
+import importlib.metadata
+import importlib.util
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+from typing import Any
+
+#: Distribution names that ship Triton, in the order they are tried.
+TRITON_DISTRIBUTIONS = ("triton", "pytorch-triton-rocm", "pytorch-triton")
+#: How long a GPU query tool may take before it counts as absent.
+TOOL_TIMEOUT_S = 10
+KFD_NODES = "/sys/class/kfd/kfd/topology/nodes"
+
+
+def probe() -> dict[str, Any]:
+    """The environment key's parts for this process (see warmer.envkey.EnvKey)."""
+    torch_info = _torch_version_file()
+    torch_version = torch_info.get("__version__") or _distribution_version("torch")
+    cuda, hip = torch_info.get("cuda"), torch_info.get("hip")
+    nvidia = _nvidia_gpus() if cuda or not hip else []
+    amd = _amd_gpus() if hip or not nvidia else []
+    gpus = nvidia or amd
+    first = gpus[0] if gpus else {}
+    return {
+        "torch": torch_version,
+        "cuda": cuda,
+        "hip": hip,
+        "cc": first.get("cc"),
+        "gfx_arch": first.get("gfx_arch"),
+        "gpu_name": first.get("name"),
+        "gpu_count": len(gpus),
+        "triton": _first_distribution_version(TRITON_DISTRIBUTIONS),
+        "vllm": _distribution_version("vllm"),
+        "python": platform.python_version(),
+        "platform": f"{sys.platform}-{platform.machine()}",
+        "backend": _backend(torch_version, cuda, hip, nvidia, amd),
+    }
+
+
+def _backend(
+    torch_version: str | None,
+    cuda: str | None,
+    hip: str | None,
+    nvidia: list[dict[str, str | None]],
+    amd: list[dict[str, str | None]],
+) -> str:
+    """The torch build decides; without torch, the GPUs present do (commands still use them)."""
+    if hip:
+        return "rocm"
+    if cuda:
+        return "cuda"
+    if torch_version is None and nvidia:
+        return "cuda"
+    if torch_version is None and amd:
+        return "rocm"
+    return "cpu"
+
+
+def _distribution_version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _first_distribution_version(names: tuple[str, ...]) -> str | None:
+    for name in names:
+        version = _distribution_version(name)
+        if version:
+            return version
+    return None
+
+
+def _torch_version_file() -> dict[str, str | None]:
+    """`__version__`, `cuda` and `hip` from the torch that `import torch` would load."""
+    try:
+        spec = importlib.util.find_spec("torch")
+    except (ImportError, ValueError):
+        return {}
+    if spec is None or not spec.submodule_search_locations:
+        return {}
+    for location in spec.submodule_search_locations:
+        path = os.path.join(location, "version.py")
+        if os.path.isfile(path):
+            return parse_torch_version_file(path)
+    return {}
+
+
+def parse_torch_version_file(path: str) -> dict[str, str | None]:
+    """String constants assigned at the top of torch/version.py (`cuda = '12.4'`, `hip = None`)."""
+    with open(path, encoding="utf-8") as handle:
+        tree = ast.parse(handle.read(), filename=path)
+    values: dict[str, str | None] = {}
+    for node in tree.body:
+        target: ast.expr | None = None
+        value: ast.expr | None = None
+        if isinstance(node, ast.Assign) and len(node.targets) == 1:
+            target, value = node.targets[0], node.value
+        elif isinstance(node, ast.AnnAssign):
+            target, value = node.target, node.value
+        if isinstance(target, ast.Name) and isinstance(value, ast.Constant):
+            constant = value.value
+            if constant is None or isinstance(constant, str):
+                values[target.id] = constant or None
+    return values
+
+
+def _run_tool(argv: list[str]) -> str | None:
+    """A GPU tool's stdout, or None when it is absent, fails or hangs."""
+    if shutil.which(argv[0]) is None:
+        return None
+    try:
+        done = subprocess.run(
+            argv, capture_output=True, text=True, timeout=TOOL_TIMEOUT_S, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout if done.returncode == 0 else None
+
+
+def _nvidia_gpus() -> list[dict[str, str | None]]:
+    """Visible NVIDIA GPUs in CUDA's order (CUDA_VISIBLE_DEVICES applied)."""
+    listing = _run_tool(
+        ["nvidia-smi", "--query-gpu=index,uuid,name,compute_cap", "--format=csv,noheader"]
+    )
+    if listing is None:
+        return []
+    gpus: list[dict[str, str | None]] = []
+    for line in listing.splitlines():
+        fields = [field.strip() for field in line.split(",")]
+        if len(fields) != 4:
+            continue
+        index, uuid, name, cc = fields
+        gpus.append({"index": index, "uuid": uuid, "name": name or None, "cc": _cc(cc)})
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        return gpus
+    mig_parents = _mig_parents() if "MIG-" in visible else {}
+    return select_visible(gpus, visible, mig_parents)
+
+
+def _cc(value: str) -> str | None:
+    return value if re.fullmatch(r"\d+\.\d+", value) else None
+
+
+def select_visible(
+    gpus: list[dict[str, str | None]], visible: str, mig_parents: dict[str, str]
+) -> list[dict[str, str | None]]:
+    """The GPUs that CUDA_VISIBLE_DEVICES exposes, in its order.
+
+    Entries are indices, GPU UUIDs (or unique prefixes) or MIG UUIDs (mapped to their
+    parent GPU through `mig_parents`). Like CUDA, the list stops at the first entry that
+    names no device.
+    """
+    chosen: list[dict[str, str | None]] = []
+    for entry in (part.strip() for part in visible.split(",")):
+        if not entry:
+            break
+        if entry.startswith("MIG-"):
+            entry = mig_parents.get(entry, entry)
+        if entry.isdigit():
+            match = [gpu for gpu in gpus if gpu["index"] == entry]
+        else:
+            match = [gpu for gpu in gpus if (gpu["uuid"] or "").startswith(entry)]
+        if len(match) != 1:
+            break
+        chosen.append(match[0])
+    return chosen
+
+
+def _mig_parents() -> dict[str, str]:
+    """MIG device UUID -> parent GPU UUID, from `nvidia-smi -L`."""
+    listing = _run_tool(["nvidia-smi", "-L"]) or ""
+    parents: dict[str, str] = {}
+    parent = ""
+    for line in listing.splitlines():
+        uuid = re.search(r"\(UUID: ([^)]+)\)", line)
+        if not uuid:
+            continue
+        if line.lstrip().startswith("MIG"):
+            parents[uuid.group(1)] = parent
+        else:
+            parent = uuid.group(1)
+    return parents
+
+
+def gfx_name(target_version: int) -> str | None:
+    """KFD's `gfx_target_version` as the arch name: 90402 -> gfx942, 90010 -> gfx90a."""
+    if target_version <= 0:
+        return None
+    major, minor, stepping = (
+        target_version // 10000,
+        target_version // 100 % 100,
+        target_version % 100,
+    )
+    return f"gfx{major}{minor:x}{stepping:x}"
+
+
+def _amd_gpus() -> list[dict[str, str | None]]:
+    """AMD GPUs this container can open, from the KFD topology (rocminfo when sysfs is absent)."""
+    gpus: list[dict[str, str | None]] = []
+    for properties in sorted(glob.glob(f"{KFD_NODES}/*/properties"), key=_node_number):
+        fields = _key_values(properties)
+        arch = gfx_name(int(fields.get("gfx_target_version", "0")))
+        render = fields.get("drm_render_minor")
+        if arch is None or (render and not os.path.exists(f"/dev/dri/renderD{render}")):
+            continue
+        gpus.append({"gfx_arch": arch, "name": None})
+    names = _rocminfo_gpus()
+    if not gpus:
+        gpus = names
+    elif names and len(names) == len(gpus):
+        gpus = [{**gpu, "name": names[index]["name"]} for index, gpu in enumerate(gpus)]
+    visible = os.environ.get("HIP_VISIBLE_DEVICES") or os.environ.get("ROCR_VISIBLE_DEVICES")
+    if visible:
+        indices = [int(part) for part in visible.split(",") if part.strip().isdigit()]
+        gpus = [gpus[index] for index in indices if index < len(gpus)]
+    return gpus
+
+
+def _node_number(path: str) -> int:
+    return int(os.path.basename(os.path.dirname(path)))
+
+
+def _key_values(path: str) -> dict[str, str]:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            lines = handle.read().splitlines()
+    except OSError:
+        return {}
+    pairs = (line.split(None, 1) for line in lines)
+    return {pair[0]: pair[1].strip() for pair in pairs if len(pair) == 2}
+
+
+def _rocminfo_gpus() -> list[dict[str, str | None]]:
+    """GPU agents from `rocminfo`: arch (`Name: gfx942`) and `Marketing Name`."""
+    listing = _run_tool(["rocminfo"])
+    if listing is None:
+        return []
+    gpus: list[dict[str, str | None]] = []
+    for agent in re.split(r"\n\*+\s*\nAgent \d+", listing)[1:]:
+        arch = re.search(r"^\s*Name:\s*(gfx[0-9a-f]+)\s*$", agent, re.MULTILINE)
+        if not arch:
+            continue
+        marketing = re.search(r"^\s*Marketing Name:\s*(.+?)\s*$", agent, re.MULTILINE)
+        gpus.append({"gfx_arch": arch.group(1), "name": marketing.group(1) if marketing else None})
+    return gpus

@@ -1,0 +1,340 @@
+"""Bundles: one tarball holding `warmer.json` first, then the cache files at their image paths.
+
+A bundle is deterministic (same content, same bytes): members are sorted, owners and times
+are fixed, and zstd's multi-threaded output does not depend on the thread count. Reading is
+a single streaming pass that refuses anything hostile or broken (absolute or `..` names,
+links, devices, unexpected or missing members, wrong sizes or hashes) as it meets it, so a
+caller that stages files until the end of the stream never installs a byte from a bad bundle.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import posixpath
+import tarfile
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, BinaryIO, Literal
+
+from warmer.errors import BundleError, UsageError
+from warmer.store.manifest import FileEntry, Manifest
+
+if TYPE_CHECKING:
+    from warmer.store import SnapshotInfo, Store
+
+Format = Literal["zst", "gz", "tar"]
+
+MANIFEST_NAME = "warmer.json"
+#: Fixed member time (2020-01-01T00:00:00Z): same content, same bytes.
+MEMBER_MTIME = 1577836800
+_MAX_MANIFEST = 256 << 20
+_CHUNK = 1 << 20
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_GZIP_MAGIC = b"\x1f\x8b"
+_SUFFIXES: dict[str, str] = {"zst": ".tar.zst", "gz": ".tar.gz", "tar": ".tar"}
+
+
+def bundle_name(manifest: Manifest, fmt: Format = "zst") -> str:
+    """`<job name>__<env tag>__<content id>.tar.zst`: readable and unique per content."""
+    return f"{manifest.name}__{manifest.env_tag}__{manifest.content_id}{_SUFFIXES[fmt]}"
+
+
+def member_name(path: str) -> str:
+    """The tar member name of a file recorded at absolute `path` (relative, so ADD / works)."""
+    return path.lstrip("/")
+
+
+def write_tar(
+    manifest: Manifest,
+    open_object: Callable[[str], BinaryIO],
+    out: IO[bytes],
+    *,
+    include_manifest: bool = True,
+) -> None:
+    """Write the uncompressed bundle tar of `manifest` to `out` (a stream).
+
+    Without the manifest it is the plain file tree that a container preload unpacks at `/`.
+    """
+    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        if include_manifest:
+            data = manifest.to_bytes()
+            tar.addfile(_member(MANIFEST_NAME, len(data), 0o644), io.BytesIO(data))
+        for entry in manifest.files:
+            with open_object(entry.digest) as obj:
+                tar.addfile(_member(member_name(entry.path), entry.size, entry.mode), obj)
+
+
+def _member(name: str, size: int, mode: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = size, mode, MEMBER_MTIME
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
+
+
+def write_bundle(
+    manifest: Manifest,
+    open_object: Callable[[str], BinaryIO],
+    destination: Path,
+    fmt: Format = "zst",
+) -> Path:
+    """Write a bundle file atomically; `destination` is a directory or a file name."""
+    if destination.is_dir():
+        destination = destination / bundle_name(manifest, fmt)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=".tmp-", suffix=".bundle", dir=destination.parent)
+    try:
+        with os.fdopen(fd, "wb") as raw:
+            with _compressed_writer(raw, fmt) as stream:
+                write_tar(manifest, open_object, stream)
+            raw.flush()
+            os.fsync(raw.fileno())
+        os.chmod(tmp_name, 0o644)
+        os.replace(tmp_name, destination)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return destination
+
+
+@contextmanager
+def _compressed_writer(raw: IO[bytes], fmt: Format) -> Iterator[IO[bytes]]:
+    if fmt == "zst":
+        import zstandard
+
+        compressor = zstandard.ZstdCompressor(level=3, threads=-1, write_checksum=True)
+        with compressor.stream_writer(raw, closefd=False) as writer:
+            yield writer
+    elif fmt == "gz":
+        with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=6) as gz:
+            yield gz
+    elif fmt == "tar":
+        yield raw
+    else:
+        raise UsageError(f"unknown bundle format {fmt!r}: use zst or gz")
+
+
+@contextmanager
+def _decompressed_reader(path: Path) -> Iterator[IO[bytes]]:
+    try:
+        raw = open(path, "rb")  # noqa: SIM115 - closed below
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such bundle") from None
+    except IsADirectoryError:
+        raise UsageError(f"{path}: is a directory, not a bundle") from None
+    with raw:
+        magic = raw.read(4)
+        raw.seek(0)
+        if magic.startswith(_ZSTD_MAGIC):
+            import zstandard
+
+            with zstandard.ZstdDecompressor().stream_reader(raw, read_size=_CHUNK) as reader:
+                yield io.BufferedReader(reader, buffer_size=_CHUNK)  # type: ignore[arg-type]
+        elif magic.startswith(_GZIP_MAGIC):
+            with gzip.GzipFile(fileobj=raw, mode="rb") as gz:
+                yield gz
+        else:
+            yield raw
+
+
+@dataclass
+class BundleReader:
+    """A bundle opened for one streaming pass: `manifest`, then `files()` once."""
+
+    path: Path
+    manifest: Manifest
+    _tar: tarfile.TarFile
+
+    def files(self) -> Iterator[tuple[FileEntry, VerifiedReader]]:
+        """Each manifest entry with a reader of its member; the reader checks size and hash.
+
+        The caller must read each reader to its end before moving on (a stream); its
+        `finish()` raises BundleError when the bytes do not match the manifest.
+        """
+        expected = iter(self.manifest.files)
+        for info in _members(self._tar, self.path):
+            entry = next(expected, None)
+            name = _checked_name(info, self.path)
+            if entry is None or name != member_name(entry.path):
+                raise BundleError(
+                    f"{self.path}: member {name!r} is not the next file in the manifest"
+                    + (f" (expected {member_name(entry.path)!r})" if entry else "")
+                )
+            if info.size != entry.size:
+                raise BundleError(
+                    f"{self.path}: {entry.path}: size {info.size} in the tar, "
+                    f"{entry.size} in the manifest"
+                )
+            stream = self._tar.extractfile(info)
+            if stream is None:  # pragma: no cover - regular files always have a stream
+                raise BundleError(f"{self.path}: {name}: unreadable member")
+            reader = VerifiedReader(stream, entry, self.path)
+            yield entry, reader
+            reader.finish()
+        missing = next(expected, None)
+        if missing is not None:
+            raise BundleError(
+                f"{self.path}: truncated: {missing.path} (and maybe more) listed in the manifest "
+                "but missing from the tar"
+            )
+
+
+class VerifiedReader(io.RawIOBase):
+    """Reads one member while hashing it; `finish()` checks size and blake3."""
+
+    def __init__(self, stream: IO[bytes], entry: FileEntry, bundle: Path) -> None:
+        import blake3
+
+        self._stream, self.entry, self._bundle = stream, entry, bundle
+        self._hasher = blake3.blake3()
+        self._seen = 0
+        self._finished = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        data = self._stream.read(len(buffer))
+        count = len(data)
+        buffer[:count] = data
+        self._hasher.update(data)
+        self._seen += count
+        return count
+
+    def read_all(self) -> bytes:
+        """The whole member, verified."""
+        data = self.read()
+        self.finish()
+        return data or b""
+
+    def finish(self) -> None:
+        """Drain what is left and raise BundleError when the bytes differ from the manifest."""
+        if self._finished:
+            return
+        while self.read(_CHUNK):
+            pass
+        self._finished = True
+        digest = "blake3:" + self._hasher.hexdigest()
+        if self._seen != self.entry.size:
+            raise BundleError(f"{self._bundle}: {self.entry.path}: truncated member")
+        if digest != self.entry.digest:
+            raise BundleError(
+                f"{self._bundle}: {self.entry.path}: content does not match the manifest "
+                f"(blake3 {digest[7:19]}…, expected {self.entry.digest[7:19]}…)"
+            )
+
+
+def _members(tar: tarfile.TarFile, path: Path) -> Iterator[tarfile.TarInfo]:
+    try:
+        # tar.next(), not iteration: a second iterator over a stream restarts at member 0.
+        while (info := tar.next()) is not None:
+            yield info
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise BundleError(f"{path}: corrupt or truncated bundle ({exc})") from None
+    except Exception as exc:  # zstandard raises its own error type
+        if type(exc).__module__.startswith("zstandard"):
+            raise BundleError(f"{path}: corrupt or truncated bundle ({exc})") from None
+        raise
+
+
+def _checked_name(info: tarfile.TarInfo, path: Path) -> str:
+    """The member's name, refused unless it is a plain relative file name inside the bundle."""
+    name = info.name
+    kind = (
+        "symlink"
+        if info.issym()
+        else "hard link"
+        if info.islnk()
+        else "device"
+        if info.isdev()
+        else "directory"
+        if info.isdir()
+        else "fifo"
+        if info.isfifo()
+        else None
+    )
+    if kind is not None or not info.isreg():
+        raise BundleError(f"{path}: member {name!r} is a {kind or 'special file'}: refused")
+    if name.startswith("/") or "\\" in name or "\x00" in name:
+        raise BundleError(f"{path}: member {name!r} has an absolute or unsafe name: refused")
+    parts = name.split("/")
+    if any(part in ("", ".", "..") for part in parts) or posixpath.normpath(name) != name:
+        raise BundleError(
+            f"{path}: member {name!r} escapes the target or is not normalised: refused"
+        )
+    return name
+
+
+@contextmanager
+def open_bundle(path: Path) -> Iterator[BundleReader]:
+    """Open a bundle for one streaming pass; the manifest is read and validated first."""
+    path = Path(path)
+    with _decompressed_reader(path) as stream:
+        try:
+            tar = tarfile.open(fileobj=stream, mode="r|")  # noqa: SIM115 - closed below
+        except (tarfile.TarError, EOFError, OSError) as exc:
+            raise BundleError(f"{path}: not a warmer bundle ({exc})") from None
+        except Exception as exc:
+            if type(exc).__module__.startswith("zstandard"):
+                raise BundleError(f"{path}: corrupt bundle ({exc})") from None
+            raise
+        with tar:
+            first = next(_members(tar, path), None)
+            if first is None or first.name != MANIFEST_NAME or not first.isreg():
+                raise BundleError(f"{path}: not a warmer bundle ({MANIFEST_NAME} must come first)")
+            if first.size > _MAX_MANIFEST:
+                raise BundleError(f"{path}: {MANIFEST_NAME} is implausibly large")
+            data = tar.extractfile(first)
+            assert data is not None
+            manifest = Manifest.from_bytes(data.read())
+            yield BundleReader(path, manifest, tar)
+
+
+def read_manifest(path: Path) -> Manifest:
+    """Only the manifest of a bundle (cheap: the first member)."""
+    with open_bundle(path) as bundle:
+        return bundle.manifest
+
+
+def read_bundle(path: Path) -> tuple[Manifest, Iterator[tuple[FileEntry, BinaryIO]]]:
+    """The manifest and a verified stream of its files (a generator that owns the file)."""
+    manifest = read_manifest(path)
+
+    def files() -> Iterator[tuple[FileEntry, BinaryIO]]:
+        with open_bundle(path) as bundle:
+            yield from bundle.files()  # type: ignore[misc]
+
+    return manifest, files()
+
+
+def verify_bundle(path: Path) -> list[str]:
+    """Every problem found by reading the whole bundle (empty when it is intact)."""
+    try:
+        with open_bundle(path) as bundle:
+            for _entry, reader in bundle.files():
+                reader.finish()
+    except BundleError as exc:
+        return [str(exc)]
+    return []
+
+
+def export_bundle(store: Store, ref: str, destination: Path, fmt: Format = "zst") -> Path:
+    """Write the snapshot `ref` of `store` as a bundle (a directory or a file name)."""
+    _info, manifest = store.resolve(ref)
+    return write_bundle(manifest, store.open_object, destination, fmt)
+
+
+def import_bundle(store: Store, path: Path) -> SnapshotInfo:
+    """Add a bundle's files and snapshot to `store`, verifying every byte on the way."""
+    with open_bundle(path) as bundle:
+        for entry, reader in bundle.files():
+            digest, _size = store.put_stream(reader, entry.size)  # type: ignore[arg-type]
+            reader.finish()
+            if digest != entry.digest:  # pragma: no cover - finish() raises first
+                raise BundleError(f"{path}: {entry.path}: content does not match the manifest")
+        return store.commit(bundle.manifest)

@@ -1,0 +1,75 @@
+"""The `warmer` command. Subcommands load lazily so that `--help` stays fast."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from warmer import __version__
+from warmer.errors import WarmerError
+
+#: command name -> "module:attribute" under warmer.cli
+COMMANDS = {
+    "run": "run:run",
+    "validate": "validate:validate",
+    "env": "env:env",
+    "save": "bundles:save",
+    "export": "bundles:export",
+    "import": "bundles:import_",
+    "restore": "bundles:restore",
+    "ls": "store:ls",
+    "show": "store:show",
+    "verify": "store:verify",
+    "gc": "store:gc",
+    "prune": "store:prune",
+    "kernels": "kernels:kernels",
+}
+
+
+class LazyGroup(click.Group):
+    """A group whose commands are imported only when used, and whose errors become exit codes."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = COMMANDS.get(cmd_name)
+        if target is None:
+            return None
+        module_name, attribute = target.split(":")
+        module = importlib.import_module(f"warmer.cli.{module_name}")
+        command = getattr(module, attribute)
+        assert isinstance(command, click.Command)
+        return command
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except WarmerError as exc:
+            click.echo(f"error: {exc}", err=True)
+            log_tail = getattr(exc, "log_tail", "")
+            if log_tail:
+                click.echo("--- last lines of the log ---", err=True)
+                click.echo(log_tail.rstrip("\n"), err=True)
+            ctx.exit(exc.exit_code)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="warmer")
+def cli() -> None:
+    """Warm compile caches in a container, store them, ship them as bundles.
+
+    Exit codes: 0 ok, 1 unexpected failure, 2 bad usage or invalid spec/bundle,
+    3 the warm-up job failed or timed out, 4 environment mismatch on restore.
+    """
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        cli.main(prog_name="warmer")
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)

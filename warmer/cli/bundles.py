@@ -1,0 +1,153 @@
+"""`warmer save | export | import | restore`: bundles in and out of the store and this machine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from warmer.cli.options import json_option, store_option
+from warmer.cli.output import console, emit_json, progress_bar
+from warmer.units import format_size
+
+FORMAT_CHOICE = click.Choice(["zst", "gz"])
+
+
+@click.command()
+@click.option("--name", default="local", show_default=True, help="Snapshot name (job name).")
+@click.option(
+    "--kinds",
+    help="Comma-separated cache kinds to take (triton, inductor, vllm, …); default: all found.",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("."),
+    show_default=True,
+    help="Directory for the bundle.",
+)
+@click.option("--format", "fmt", type=FORMAT_CHOICE, default="zst", show_default=True)
+@store_option
+@json_option
+def save(
+    name: str, kinds: str | None, out: Path, fmt: str, store: Path | None, as_json: bool
+) -> None:
+    """Snapshot this machine's compile caches into the store and export a bundle."""
+    from warmer.save import save as save_caches
+    from warmer.store import Store
+
+    kind_list = [k.strip() for k in kinds.split(",") if k.strip()] if kinds else None
+    with progress_bar("saving") as update:
+        result = save_caches(
+            name=name,
+            kinds=kind_list,
+            out=out,
+            store=Store(store),
+            fmt=fmt,  # type: ignore[arg-type]
+            progress=update,
+        )
+    if as_json:
+        emit_json(result.to_dict())
+        return
+    for kind, totals in sorted(result.harvest.kinds().items()):
+        console.print(f"  {kind:<18} {totals['files']:>7} files {format_size(totals['bytes']):>9}")
+    console.print(
+        f"saved {result.snapshot.ref}: {len(result.manifest.files)} files, "
+        f"{format_size(result.manifest.total_size)} -> {result.bundle}"
+    )
+
+
+@click.command()
+@click.argument("ref")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    default=Path("."),
+    show_default=True,
+    help="Bundle file, or a directory to put it in under its canonical name.",
+)
+@click.option(
+    "--format", "fmt", type=FORMAT_CHOICE, default=None, help="Default: from -o's suffix, else zst."
+)
+@store_option
+@json_option
+def export(ref: str, output: Path, fmt: str | None, store: Path | None, as_json: bool) -> None:
+    """Export the snapshot REF from the store as a bundle."""
+    from warmer.bundle import export_bundle
+    from warmer.store import Store
+
+    if fmt is None:
+        fmt = "gz" if output.name.endswith((".gz", ".tgz")) else "zst"
+    path = export_bundle(Store(store), ref, output, fmt)  # type: ignore[arg-type]
+    if as_json:
+        emit_json({"bundle": str(path), "bytes": path.stat().st_size})
+    else:
+        console.print(f"exported {ref} -> {path} ({format_size(path.stat().st_size)})")
+
+
+@click.command(name="import")
+@click.argument("bundle", type=click.Path(dir_okay=False, path_type=Path))
+@store_option
+@json_option
+def import_(bundle: Path, store: Path | None, as_json: bool) -> None:
+    """Add a bundle to the store (every file's hash checked)."""
+    from warmer.bundle import import_bundle
+    from warmer.store import Store
+
+    info = import_bundle(Store(store), bundle)
+    if as_json:
+        emit_json(
+            {"ref": info.ref, "snapshot": info.snapshot, "files": info.files, "bytes": info.size}
+        )
+    else:
+        console.print(f"imported {info.ref}: {info.files} files, {format_size(info.size)}")
+
+
+@click.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option(
+    "--root",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("/"),
+    show_default=True,
+    help="Restore under this prefix instead of / (image builds, tests).",
+)
+@click.option(
+    "--map",
+    "maps",
+    multiple=True,
+    metavar="OLD=NEW",
+    help="Put files recorded under OLD under NEW instead (e.g. a different TRITON_CACHE_DIR).",
+)
+@click.option("--dry-run", is_flag=True, help="Check everything, write nothing.")
+@click.option("--force", is_flag=True, help="Restore even when the environment key differs.")
+@json_option
+def restore(
+    bundle: Path, root: Path, maps: tuple[str, ...], dry_run: bool, force: bool, as_json: bool
+) -> None:
+    """Install BUNDLE's caches where this machine's runtimes look for them."""
+    from warmer.errors import UsageError
+    from warmer.restore import restore as restore_bundle
+
+    mapping: dict[str, str] = {}
+    for item in maps:
+        old, sep, new = item.partition("=")
+        if not sep or not old.startswith("/") or not new.startswith("/"):
+            raise UsageError(f"--map {item!r}: expected /OLD/PREFIX=/NEW/PREFIX")
+        mapping[old] = new
+    with progress_bar("restoring") as update:
+        report = restore_bundle(
+            bundle, root=root, force=force, dry_run=dry_run, mapping=mapping, progress=update
+        )
+    if as_json:
+        emit_json(report.to_dict())
+        return
+    for warning in report.warnings:
+        console.print(f"warning: {warning}")
+    verb = "would write" if dry_run else "wrote"
+    console.print(
+        f"{report.name} ({report.env_tag}): {verb} {report.written} files "
+        f"({format_size(report.bytes_written)}), {report.skipped_identical} already identical, "
+        f"{report.rewritten} group files re-pointed, under {report.root}"
+    )

@@ -1,0 +1,69 @@
+"""Output for people (stderr, rich) and for scripts (one JSON document on stdout)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+from rich.table import Table
+
+#: Messages, progress and logs: stderr, markup off so user strings print as they are.
+console = Console(stderr=True, markup=False, highlight=False)
+#: Data for people (tables, `-q` ids): stdout, so that commands compose.
+data_console = Console(
+    markup=False, highlight=False, width=None if sys.stdout.isatty() else 4096
+)
+
+
+def emit_json(document: Any) -> None:
+    """Print one JSON document on stdout and nothing else."""
+    sys.stdout.write(json.dumps(document, indent=2, sort_keys=True, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def table(
+    columns: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    *,
+    right: Sequence[str] = (),
+    footer: str | None = None,
+) -> None:
+    """A table on stdout; `right` names the right-aligned columns (sizes)."""
+    grid = Table(show_edge=False, box=None, pad_edge=False, header_style="bold")
+    for column in columns:
+        grid.add_column(column, justify="right" if column in right else "left", no_wrap=True)
+    for row in rows:
+        grid.add_row(*(str(cell) for cell in row))
+    data_console.print(grid)
+    if footer:
+        data_console.print(footer)
+
+
+@contextmanager
+def progress_bar(description: str) -> Iterator[Callable[..., None]]:
+    """A transient progress line on stderr; yields `update(files, bytes, files_total=None,
+    bytes_total=None)`. Silent when stderr is not a terminal (CI logs stay readable)."""
+    if not console.is_terminal:
+        yield lambda *args: None
+        return
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.fields[files]} files"),
+        DownloadColumn(binary_units=True),
+        TransferSpeedColumn(),
+    )
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task(description, total=None, files=0)
+
+        def update(
+            files: int, done: int, files_total: int | None = None, total: int | None = None
+        ) -> None:
+            bar.update(task, completed=done, total=total, files=files)
+
+        yield update

@@ -1,0 +1,296 @@
+"""`warmer ls | show | verify | gc | prune`: look into the store and keep it small."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from warmer.cli.options import json_option, store_option
+from warmer.cli.output import console, emit_json, table
+from warmer.config import default_max_store_size
+from warmer.errors import BundleError, StoreError, UsageError
+from warmer.units import format_duration, format_size, parse_duration, parse_size
+
+if TYPE_CHECKING:
+    from warmer.store import SnapshotInfo, Store
+    from warmer.store.manifest import Manifest
+
+#: Problems listed for people before "… and N more" (JSON lists them all).
+_PROBLEMS_SHOWN = 20
+
+
+def _open_store(root: Path | None) -> Store:
+    from warmer.store import Store
+
+    return Store(root)
+
+
+def _ago(epoch: float) -> str:
+    """`3d ago` for people; under a minute reads `just now`."""
+    elapsed = time.time() - epoch
+    return "just now" if elapsed < 60 else f"{format_duration(elapsed)} ago"
+
+
+def _snapshot_json(info: SnapshotInfo) -> dict[str, object]:
+    return dataclasses.asdict(info)
+
+
+@click.command("ls")
+@click.option("-q", "--quiet", is_flag=True, help="Print only refs, one per line.")
+@store_option
+@json_option
+def ls(quiet: bool, store: Path | None, as_json: bool) -> None:
+    """List the snapshots in the store."""
+    with _open_store(store) as opened:
+        infos = opened.list()
+        stored = opened.stored_size()
+    referenced = sum(info.size for info in infos)
+    if as_json:
+        emit_json(
+            {
+                "snapshots": [_snapshot_json(info) for info in infos],
+                "referenced": referenced,
+                "stored": stored,
+            }
+        )
+    elif quiet:
+        for info in infos:
+            click.echo(info.ref)
+    elif not infos:
+        console.print(f"No snapshots in {opened.root}.")
+    else:
+        rows = [
+            (info.ref, info.short_id, info.files, format_size(info.size), _ago(info.last_access))
+            for info in infos
+        ]
+        plural = "" if len(infos) == 1 else "s"
+        table(
+            ["REF", "ID", "FILES", "SIZE", "LAST USED"],
+            rows,
+            right=["FILES", "SIZE"],
+            footer=f"{len(infos)} snapshot{plural}, {format_size(referenced)} referenced, "
+            f"{format_size(stored)} stored",
+        )
+
+
+def _kind_totals(manifest: Manifest) -> dict[str, dict[str, int]]:
+    totals: dict[str, dict[str, int]] = defaultdict(lambda: {"files": 0, "size": 0})
+    for entry in manifest.files:
+        totals[entry.kind]["files"] += 1
+        totals[entry.kind]["size"] += entry.size
+    return dict(sorted(totals.items()))
+
+
+def _describe_verify(verify: dict[str, object] | None) -> str:
+    if not verify:
+        return "not verified"
+    parts = []
+    hit_rate, cold, warm = verify.get("hit_rate"), verify.get("cold_s"), verify.get("warm_s")
+    if isinstance(hit_rate, int | float):
+        parts.append(
+            f"hit rate {hit_rate:.0%} ({verify.get('hits')} hits, {verify.get('misses')} misses)"
+        )
+    if isinstance(cold, int | float) and isinstance(warm, int | float):
+        parts.append(f"cold {format_duration(cold)} -> warm {format_duration(warm)}")
+    return ", ".join(parts) or str(verify)
+
+
+@click.command("show")
+@click.argument("ref")
+@click.option("--files", "list_files", is_flag=True, help="List every file.")
+@store_option
+@json_option
+def show(ref: str, list_files: bool, store: Path | None, as_json: bool) -> None:
+    """Describe the snapshot REF (a ref, a name, or an id prefix)."""
+    with _open_store(store) as opened:
+        info, manifest = opened.resolve(ref, touch=False)
+    kinds = _kind_totals(manifest)
+    job_name = manifest.job.get("name") if manifest.job else None
+    if as_json:
+        document: dict[str, object] = {
+            **_snapshot_json(info),
+            "env": manifest.env,
+            "env_digest": manifest.env_digest,
+            "job": manifest.job,
+            "verify": manifest.verify,
+            "kinds": kinds,
+        }
+        if list_files:
+            document["file_list"] = [entry.to_dict() for entry in manifest.files]
+        emit_json(document)
+        return
+    env = "  ".join(f"{key}={value}" for key, value in sorted(manifest.env.items()) if value)
+    fields = [
+        ("name", info.name),
+        ("ref", info.ref),
+        ("snapshot", info.snapshot),
+        ("content id", info.content_id),
+        ("env tag", info.env_tag),
+        ("env", env),
+        ("job", job_name or "-"),
+        ("verify", _describe_verify(manifest.verify)),
+        ("created", _ago(info.created)),
+        ("last used", _ago(info.last_access)),
+        ("pinned", "yes" if info.pinned else "no"),
+    ]
+    for label, value in fields:
+        click.echo(f"{label + ':':<12} {value}")  # plain lines: long digests must not wrap
+    click.echo()
+    rows = [(kind, totals["files"], format_size(totals["size"])) for kind, totals in kinds.items()]
+    table(
+        ["KIND", "FILES", "SIZE"],
+        rows,
+        right=["FILES", "SIZE"],
+        footer=f"{info.files} files, {format_size(info.size)}",
+    )
+    if list_files:
+        click.echo()
+        table(
+            ["PATH", "KIND", "SIZE", "MODE"],
+            [(e.path, e.kind, format_size(e.size), f"{e.mode:o}") for e in manifest.files],
+            right=["SIZE"],
+        )
+
+
+@click.command("verify")
+@click.argument("bundle", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@store_option
+@json_option
+def verify(bundle: Path | None, store: Path | None, as_json: bool) -> None:
+    """Check the store (every object re-hashed), or the bundle BUNDLE when given."""
+    if bundle is not None:
+        _verify_bundle(bundle, as_json)
+        return
+    with _open_store(store) as opened:
+        report = opened.verify()
+    if as_json:
+        emit_json({**dataclasses.asdict(report), "ok": report.ok})
+    else:
+        _print_problems(report.problems)
+        console.print(
+            f"Checked {report.objects_checked} objects: "
+            + ("no problems." if report.ok else f"{len(report.problems)} problem(s).")
+        )
+        if report.garbage:
+            console.print(
+                f"{report.garbage} leftover file(s) that no snapshot uses; warmer gc removes them."
+            )
+    if not report.ok:
+        raise StoreError(f"the store has {len(report.problems)} problem(s)")
+
+
+def _verify_bundle(bundle: Path, as_json: bool) -> None:
+    from warmer.bundle import verify_bundle
+
+    problems = verify_bundle(bundle)
+    if as_json:
+        emit_json({"bundle": str(bundle), "problems": problems, "ok": not problems})
+    else:
+        _print_problems(problems)
+        console.print(
+            f"{bundle}: " + (f"{len(problems)} problem(s)." if problems else "no problems.")
+        )
+    if problems:
+        raise BundleError(f"{bundle} has {len(problems)} problem(s)")
+
+
+def _print_problems(problems: list[str]) -> None:
+    for problem in problems[:_PROBLEMS_SHOWN]:
+        console.print(f"  {problem}")
+    if len(problems) > _PROBLEMS_SHOWN:
+        console.print(f"  … and {len(problems) - _PROBLEMS_SHOWN} more (--json lists them all)")
+
+
+@click.command("gc")
+@click.option("--dry-run", is_flag=True, help="Count what would be removed; remove nothing.")
+@store_option
+@json_option
+def gc(dry_run: bool, store: Path | None, as_json: bool) -> None:
+    """Remove objects no snapshot uses and files that interrupted writes left."""
+    with _open_store(store) as opened:
+        result = opened.gc(dry_run=dry_run)
+    if as_json:
+        emit_json(dataclasses.asdict(result))
+        return
+    verb = "Would remove" if dry_run else "Removed"
+    console.print(
+        f"{verb} {result.objects_removed} object(s) and {result.temp_files_removed} temp file(s): "
+        f"{format_size(result.bytes_freed)}."
+    )
+
+
+@click.command("prune")
+@click.option("--max-size", help="Keep the store's referenced bytes under this size (e.g. 20G).")
+@click.option("--older-than", help="Drop snapshots unused for this long (e.g. 30d).")
+@click.option("--dry-run", is_flag=True, help="Show the plan; delete nothing.")
+@click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
+@store_option
+@json_option
+def prune(
+    max_size: str | None,
+    older_than: str | None,
+    dry_run: bool,
+    yes: bool,
+    store: Path | None,
+    as_json: bool,
+) -> None:
+    """Drop least recently used snapshots (never pinned ones), then their content."""
+    budget, age = _prune_limits(max_size, older_than)
+    if as_json and not (yes or dry_run):
+        raise UsageError("prune --json cannot ask for confirmation: pass -y (or --dry-run)")
+    with _open_store(store) as opened:
+        plan = opened.plan_prune(max_size=budget, older_than=age)
+        size = format_size(plan.expected_freed)
+        if not as_json and plan.refs:
+            table(
+                ["REF", "ID", "SIZE", "LAST USED"],
+                [(i.ref, i.short_id, format_size(i.size), _ago(i.last_access)) for i in plan.refs],
+                right=["SIZE"],
+            )
+        if not plan.refs or dry_run:
+            freed = 0
+        elif yes or click.confirm(
+            f"About to delete {len(plan.refs)} snapshots, {size}. Proceed?", err=True
+        ):
+            freed = plan.execute()
+        else:
+            console.print("Nothing deleted.")
+            return
+    if as_json:
+        emit_json(
+            {
+                "refs": [_snapshot_json(info) for info in plan.refs],
+                "expected_freed": plan.expected_freed,
+                "freed": freed,
+                "dry_run": dry_run,
+            }
+        )
+    elif not plan.refs:
+        console.print("Nothing to prune.")
+    elif dry_run:
+        console.print(f"Would delete {len(plan.refs)} snapshot(s), {size}.")
+    else:
+        console.print(f"Deleted {len(plan.refs)} snapshot(s), freed {format_size(freed)}.")
+
+
+def _prune_limits(max_size: str | None, older_than: str | None) -> tuple[int | None, float | None]:
+    """Parse the options; with neither, fall back to $WARMER_MAX_SIZE."""
+    size_source = "--max-size"
+    if max_size is None and older_than is None:
+        max_size, size_source = default_max_store_size(), "$WARMER_MAX_SIZE"
+        if max_size is None:
+            raise UsageError("prune needs --max-size or --older-than (or $WARMER_MAX_SIZE)")
+    try:
+        budget = parse_size(max_size) if max_size is not None else None
+    except ValueError as exc:
+        raise UsageError(f"{size_source}: {exc}") from exc
+    try:
+        age = parse_duration(older_than) if older_than is not None else None
+    except ValueError as exc:
+        raise UsageError(f"--older-than: {exc}") from exc
+    return budget, age

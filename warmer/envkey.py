@@ -1,0 +1,193 @@
+"""The environment key: which torch / CUDA or HIP / GPU arch / Triton / vLLM / Python a set of
+caches was made with, and whether another environment can use them.
+
+Compile caches are keyed by these parts (FACTS.md), so a bundle restored elsewhere either
+misses quietly or, worse, loads code built for another GPU. `compare` names every difference
+and says why it matters; the restore refuses on a "mismatch" and only reports a "warning".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+_STRING_FIELDS = (
+    "torch",
+    "cuda",
+    "hip",
+    "cc",
+    "gfx_arch",
+    "gpu_name",
+    "triton",
+    "vllm",
+    "python",
+    "platform",
+)
+_TAG_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+Severity = Literal["mismatch", "warning"]
+
+
+@dataclass(frozen=True)
+class EnvKey:
+    """The parts of an environment that compile caches depend on; None where unknown."""
+
+    torch: str | None
+    cuda: str | None
+    hip: str | None
+    cc: str | None
+    gfx_arch: str | None
+    gpu_name: str | None
+    gpu_count: int
+    triton: str | None
+    vllm: str | None
+    python: str | None
+    platform: str | None
+    backend: str
+
+    @classmethod
+    def probe(cls) -> EnvKey:
+        """This machine's key (the same probe the in-container agent runs; torch not imported)."""
+        from warmer.agent.probe import probe
+
+        return cls.from_dict(probe())
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, object]) -> EnvKey:
+        """A key from a probe, report or manifest; missing parts are None, unknown keys ignored."""
+        strings = {
+            name: None if data.get(name) is None else str(data.get(name)) for name in _STRING_FIELDS
+        }
+        count = data.get("gpu_count")
+        return cls(
+            **strings,
+            gpu_count=count if isinstance(count, int) and not isinstance(count, bool) else 0,
+            backend=str(data.get("backend") or "cpu"),
+        )
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+    @property
+    def tag(self) -> str:
+        """Readable key for names: `torch2.6.0-cuda12.4-cc9.0-triton3.2.0[-vllm0.9.2]`.
+
+        Local versions (`+cu124`) are dropped, unknown parts left out; `notorch` without torch.
+        """
+        parts = [f"torch{_public(self.torch)}" if self.torch else "notorch"]
+        if self.backend == "cuda":
+            parts.append(f"cuda{_major_minor(self.cuda) or ''}")
+            parts.append(f"cc{self.cc}" if self.cc else "")
+        elif self.backend == "rocm":
+            parts.append(f"rocm{_major_minor(self.hip) or ''}")
+            parts.append(self.gfx_arch or "")
+        else:
+            parts.append(self.backend)
+        parts.append(f"triton{_public(self.triton)}" if self.triton else "")
+        parts.append(f"vllm{_public(self.vllm)}" if self.vllm else "")
+        return "-".join(_TAG_UNSAFE.sub("_", part) for part in parts if part)
+
+    @property
+    def digest(self) -> str:
+        """`sha256:<16 hex>` of the canonical JSON of every part (hashlib: no third party here)."""
+        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return "sha256:" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Difference:
+    """One part that differs between a bundle's environment and this one, and why it matters."""
+
+    field: str
+    bundle: object
+    here: object
+    severity: Severity
+    reason: str
+
+    def __str__(self) -> str:
+        return (
+            f"{self.field}: bundle {_shown(self.bundle)}, here {_shown(self.here)} — {self.reason}"
+        )
+
+
+#: Why each part matters (FACTS.md).
+REASONS = {
+    "torch": "Inductor's FX graph key hashes torch's own sources, so every graph misses",
+    "backend": "the caches hold code for one backend (CUDA cubins, ROCm hsaco or CPU .so files)",
+    "cuda": "Inductor's key includes the CUDA version and Triton's the ptxas version",
+    "hip": "Inductor's key includes the HIP version; kernels are built against one ROCm",
+    "cc": "Triton and Inductor compile for one compute capability; kernels for another miss",
+    "gfx_arch": "Triton compiles for one gfx arch; hsaco for another arch misses",
+    "triton": "Triton's cache key hashes its own version (sources and libtriton.so)",
+    "vllm": "vLLM's compile cache hash covers its config and its source files",
+    "python": "compiled modules, include paths and bytecode belong to one Python minor version",
+    "platform": "compiled code is built for one OS and CPU architecture",
+    "gpu_name": "Inductor's FX graph key includes the device name: FX graphs may miss while "
+    "Triton kernels still hit",
+    "python_micro": "usually harmless (the keys use the minor version), but another "
+    "interpreter build",
+    "unknown": "unknown on one side (no GPU visible?), so it cannot be checked",
+}
+
+
+def compare(bundle: EnvKey, here: EnvKey) -> list[Difference]:
+    """Every difference between the bundle's key and this one: mismatches break cache hits,
+    warnings may cost some of them."""
+    differences: list[Difference] = []
+
+    def differ(name: str, severity: Severity, reason_key: str | None = None) -> None:
+        differences.append(
+            Difference(
+                name,
+                getattr(bundle, name),
+                getattr(here, name),
+                severity,
+                REASONS[reason_key or name],
+            )
+        )
+
+    for name in ("torch", "backend"):
+        if getattr(bundle, name) != getattr(here, name):
+            differ(name, "mismatch")
+    for name in ("cuda", "hip"):
+        if _major_minor(getattr(bundle, name)) != _major_minor(getattr(here, name)):
+            differ(name, "mismatch")
+    for name in ("cc", "gfx_arch"):
+        ours, theirs = getattr(bundle, name), getattr(here, name)
+        if ours != theirs:
+            known = ours is not None and theirs is not None
+            differ(name, "mismatch" if known else "warning", None if known else "unknown")
+    if bundle.triton != here.triton:
+        differ("triton", "mismatch")
+    if bundle.vllm is not None and bundle.vllm != here.vllm:
+        differ("vllm", "mismatch")
+    if _major_minor(bundle.python) != _major_minor(here.python):
+        differ("python", "mismatch")
+    elif bundle.python != here.python:
+        differ("python", "warning", "python_micro")
+    if bundle.platform != here.platform:
+        differ("platform", "mismatch")
+    if bundle.gpu_name != here.gpu_name:
+        differ("gpu_name", "warning")
+    return differences
+
+
+def _public(version: str | None) -> str:
+    """The version without its local part: 2.6.0+cu124 -> 2.6.0."""
+    return (version or "").split("+", 1)[0]
+
+
+def _major_minor(version: str | None) -> str | None:
+    """12.4 -> 12.4, 6.2.41133-dd7f95766 -> 6.2, 3.11.7 -> 3.11."""
+    if version is None:
+        return None
+    match = re.match(r"(\d+)\.(\d+)", version)
+    return f"{match.group(1)}.{match.group(2)}" if match else version
+
+
+def _shown(value: object) -> str:
+    return "none" if value is None else str(value)

@@ -1,0 +1,153 @@
+"""Harvest: turn the files a warm-up wrote into store objects and manifest entries.
+
+Two sources feed the same collector: directories on this host (`warmer save`, the local
+runtime) and tar streams out of a container (the docker runtime). Each file is classified by
+the cache root that holds it; files that match no kind are listed, so a user sees what was
+left out. Triton group files are re-pointed when a file is recorded at another path than
+where it was found, so that even a plain `tar -x` / Docker `ADD` of the bundle hits.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from warmer.caches import CacheRoot, classify, is_ignored, is_triton_group, rewrite_group
+from warmer.store import Store
+from warmer.store.manifest import FileEntry
+
+#: progress(files_done, bytes_done)
+Progress = Callable[[int, int], None]
+
+_PARALLEL_PUTS = 8
+
+
+@dataclass
+class Harvest:
+    """What a harvest collected: manifest entries, and the new files that matched no kind."""
+
+    entries: list[FileEntry] = field(default_factory=list)
+    unclassified: list[str] = field(default_factory=list)
+
+    @property
+    def size(self) -> int:
+        return sum(entry.size for entry in self.entries)
+
+    def kinds(self) -> dict[str, dict[str, int]]:
+        """Files and bytes per cache kind, for summaries."""
+        totals: dict[str, dict[str, int]] = {}
+        for entry in self.entries:
+            kind = totals.setdefault(entry.kind, {"files": 0, "bytes": 0})
+            kind["files"] += 1
+            kind["bytes"] += entry.size
+        return totals
+
+
+def relocate(path: str, mapping: Mapping[str, str]) -> str:
+    """`path` with the longest matching prefix of `mapping` replaced (identity otherwise)."""
+    best = ""
+    for old in mapping:
+        prefix = old.rstrip("/") + "/"
+        if (path == old.rstrip("/") or path.startswith(prefix)) and len(old) > len(best):
+            best = old
+    if not best:
+        return path
+    return mapping[best].rstrip("/") + path[len(best.rstrip("/")) :]
+
+
+def walk_roots(roots: Sequence[CacheRoot]) -> Iterator[tuple[str, str]]:
+    """(absolute path, kind) of every regular file under `roots`, each file once.
+
+    Links are not followed and not taken: a bundle never holds one. A nested root (say a
+    Triton cache inside Inductor's directory) claims its files by the longest-prefix rule.
+    """
+    seen: set[str] = set()
+    for root in roots:
+        if not os.path.isdir(root.path):
+            continue
+        for directory, dirnames, filenames in os.walk(root.path):
+            dirnames.sort()
+            for name in sorted(filenames):
+                path = os.path.join(directory, name)
+                if path in seen or is_ignored(os.path.relpath(path, root.path)):
+                    continue
+                seen.add(path)
+                if stat.S_ISREG(os.lstat(path).st_mode):
+                    yield path, classify(path, roots) or root.kind
+
+
+def collect_host_files(
+    store: Store,
+    files: Iterable[tuple[str, str]],
+    *,
+    mapping: Mapping[str, str] | None = None,
+    progress: Progress | None = None,
+) -> Harvest:
+    """Store host files `(path, kind)`; each is recorded at `relocate(path, mapping)`."""
+    mapping = mapping or {}
+    harvest = Harvest()
+    done = [0, 0]
+
+    def put(item: tuple[str, str]) -> FileEntry:
+        path, kind = item
+        recorded = relocate(path, mapping)
+        mode = os.lstat(path).st_mode & 0o777
+        if recorded != path and is_triton_group(path):
+            data = Path(path).read_bytes()
+            data = rewrite_group(data, os.path.dirname(recorded)) or data
+            digest, size = store.put_bytes(data), len(data)
+        else:
+            digest, size = store.put_file(Path(path))
+        return FileEntry(path=recorded, kind=kind, digest=digest, size=size, mode=mode)
+
+    with ThreadPoolExecutor(_PARALLEL_PUTS) as pool:
+        for entry in pool.map(put, files):
+            harvest.entries.append(entry)
+            done[0] += 1
+            done[1] += entry.size
+            if progress:
+                progress(done[0], done[1])
+    return harvest
+
+
+def collect_stream(
+    store: Store,
+    members: Iterable[tuple[str, int, int, BinaryIO]],
+    roots: Sequence[CacheRoot],
+    *,
+    wanted: Callable[[str], bool] = lambda _path: True,
+    mapping: Mapping[str, str] | None = None,
+    progress: Progress | None = None,
+) -> Harvest:
+    """Store the `wanted` files streamed out of a run: `(absolute path, size, mode, reader)`.
+
+    Files under no root are listed as unclassified, not stored. Each file is recorded at
+    `relocate(path, mapping)`.
+    """
+    mapping = mapping or {}
+    harvest = Harvest()
+    for path, size, mode, reader in members:
+        if not wanted(path):
+            continue
+        kind = classify(path, roots)
+        root = next((r.path for r in roots if path.startswith(r.path.rstrip("/") + "/")), None)
+        if kind is None or root is None:
+            harvest.unclassified.append(path)
+            continue
+        if is_ignored(os.path.relpath(path, root)):
+            continue
+        if size <= 16 << 20:
+            digest = store.put_bytes(reader.read())
+        else:
+            digest, size = store.put_stream(reader, size)
+        harvest.entries.append(
+            FileEntry(path=path, kind=kind, digest=digest, size=size, mode=mode & 0o777)
+        )
+        if progress:
+            progress(len(harvest.entries), harvest.size)
+    return harvest

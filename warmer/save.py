@@ -1,0 +1,93 @@
+"""Save: snapshot the compile caches of THIS machine into the store and export a bundle.
+
+What a user runs after warming a model by hand, and what the local runtime does after its
+warm-up. Roots come from this process's environment (`warmer.caches.default_roots`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from warmer.bundle import Format, write_bundle
+from warmer.caches import CacheRoot, Facts, default_roots, select
+from warmer.envkey import EnvKey
+from warmer.errors import UsageError
+from warmer.harvest import Harvest, Progress, collect_host_files, walk_roots
+from warmer.store import SnapshotInfo, Store
+from warmer.store.manifest import Manifest
+
+
+@dataclass(frozen=True)
+class SaveResult:
+    """A saved snapshot and, when one was asked for, its bundle."""
+
+    bundle: Path | None
+    snapshot: SnapshotInfo
+    manifest: Manifest
+    harvest: Harvest
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "bundle": str(self.bundle) if self.bundle else None,
+            "ref": self.snapshot.ref,
+            "snapshot": self.snapshot.snapshot,
+            "files": len(self.manifest.files),
+            "bytes": self.manifest.total_size,
+            "kinds": self.harvest.kinds(),
+            "env": self.manifest.env,
+            "env_tag": self.manifest.env_tag,
+        }
+
+
+def snapshot(
+    store: Store,
+    harvest: Harvest,
+    *,
+    name: str,
+    env: EnvKey,
+    job: Mapping[str, object] | None = None,
+    verify: Mapping[str, object] | None = None,
+) -> tuple[SnapshotInfo, Manifest]:
+    """Commit a harvest to the store as the snapshot `name@<env tag>`."""
+    manifest = Manifest(
+        name=name,
+        env=env.to_dict(),
+        env_tag=env.tag,
+        env_digest=env.digest,
+        files=tuple(sorted(harvest.entries, key=lambda entry: entry.path)),
+        job=dict(job) if job is not None else None,
+        verify=dict(verify) if verify is not None else None,
+    )
+    return store.commit(manifest), manifest
+
+
+def save(
+    *,
+    name: str = "local",
+    kinds: Sequence[str] | None = None,
+    out: Path | None = Path("."),
+    store: Store | None = None,
+    fmt: Format = "zst",
+    roots: Sequence[CacheRoot] | None = None,
+    progress: Progress | None = None,
+) -> SaveResult:
+    """Snapshot this machine's caches (all kinds, or `kinds`) and export a bundle to `out`."""
+    store = store or Store()
+    try:
+        chosen = select(
+            roots if roots is not None else default_roots(Facts.of_this_process()), kinds
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    harvest = collect_host_files(store, walk_roots(chosen), progress=progress)
+    if not harvest.entries:
+        where = ", ".join(f"{root.kind}: {root.path}" for root in chosen) or "none"
+        raise UsageError(f"no compile cache files found (looked in {where})")
+    info, manifest = snapshot(store, harvest, name=name, env=EnvKey.probe())
+    bundle = None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        bundle = write_bundle(manifest, store.open_object, out, fmt)
+    return SaveResult(bundle=bundle, snapshot=info, manifest=manifest, harvest=harvest)

@@ -1,0 +1,232 @@
+"""The content-addressed store: blake3 objects, manifests as objects, refs in a sqlite index.
+
+Layout: `<root>/store-v1/{CACHEDIR.TAG, lock, objects/ab/<62 hex>, index.sqlite}`. A commit
+writes objects, then the manifest object, then the ref row in one transaction, so a process
+killed at any point leaves only unreferenced objects or temp files: garbage for `gc`, never
+damage for `verify`.
+
+A `Store` takes the shared lock on first use and keeps it until `close()` (or the end of a
+`with` block, or the process): objects written but not yet committed are then safe from a
+`gc` in another process, which needs the lock alone.
+"""
+
+from __future__ import annotations
+
+import builtins
+import dataclasses
+import re
+import threading
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import BinaryIO
+
+from warmer.config import default_store_root
+from warmer.errors import BundleError, StoreError, UsageError
+from warmer.store.cas import ObjectStore, digest_bytes
+from warmer.store.gc import GcResult, PrunePlan, VerifyReport, plan_prune, sweep, verify
+from warmer.store.index import Index, SnapshotInfo
+from warmer.store.locks import StoreLock
+from warmer.store.manifest import FileEntry, Manifest
+
+__all__ = [
+    "FileEntry",
+    "GcResult",
+    "Manifest",
+    "PrunePlan",
+    "SnapshotInfo",
+    "Store",
+    "VerifyReport",
+]
+
+LAYOUT = "store-v1"
+CACHEDIR_TAG = (
+    b"Signature: 8a477f597d28d172789f06886806bc55\n"
+    b"# This file is a cache directory tag created by warmer.\n"
+    b"# For information about cache directory tags see https://bford.info/cachedir/\n"
+)
+#: Shortest snapshot or content id prefix that `resolve` accepts.
+MIN_ID_PREFIX = 6
+_HEX_ID_RE = re.compile(r"^[0-9a-f]+$")
+
+
+class Store:
+    """The store at `root` (default: `warmer.config.default_store_root()`)."""
+
+    def __init__(self, root: Path | None = None, *, lock_timeout: float = 30.0) -> None:
+        self.root = Path(root if root is not None else default_store_root()) / LAYOUT
+        self.objects = ObjectStore(self.root / "objects")
+        self._lock = StoreLock(self.root / "lock", exclusive_timeout=lock_timeout)
+        self._lock_timeout = lock_timeout
+        self._index: Index | None = None
+        self._opening = threading.Lock()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the index and the lock; the next use takes them again."""
+        with self._opening:
+            if self._index is not None:
+                self._index.close()
+                self._index = None
+            self._lock.close()
+
+    # -- objects ---------------------------------------------------------------------------
+
+    def put_file(self, src: Path) -> tuple[str, int]:
+        self._use()
+        return self.objects.put_file(src)
+
+    def put_stream(self, stream: BinaryIO, size: int | None = None) -> tuple[str, int]:
+        self._use()
+        return self.objects.put_stream(stream, size)
+
+    def put_bytes(self, data: bytes) -> str:
+        self._use()
+        return self.objects.put_bytes(data)
+
+    def open_object(self, digest: str) -> BinaryIO:
+        self._use()
+        return self.objects.open(digest)
+
+    def has(self, digest: str) -> bool:
+        self._use()
+        return self.objects.has(digest)
+
+    # -- snapshots -------------------------------------------------------------------------
+
+    def commit(self, manifest: Manifest) -> SnapshotInfo:
+        """Point `manifest.ref` at this manifest; every file object must be stored already."""
+        index = self._use()
+        missing = sorted({e.digest for e in manifest.files if not self.objects.has(e.digest)})
+        if missing:
+            raise StoreError(
+                f"cannot commit {manifest.ref}: {len(missing)} object(s) are not in the store "
+                f"(first: {missing[0]})"
+            )
+        data = manifest.to_bytes()
+        self.objects.put_bytes(data)
+        return index.put(manifest, len(data), time.time())
+
+    def resolve(self, ref: str, *, touch: bool = True) -> tuple[SnapshotInfo, Manifest]:
+        """Find a snapshot by ref, bare name, snapshot id prefix or content id prefix.
+
+        `touch` records the access for LRU pruning; inspection (`warmer show`) passes False.
+        """
+        info = self._lookup(ref)
+        with self.objects.open(info.snapshot) as handle:
+            data = handle.read()
+        if digest_bytes(data) != info.snapshot:
+            raise StoreError(
+                f"manifest {info.snapshot} of {info.ref} is corrupt; run warmer verify"
+            )
+        try:
+            manifest = Manifest.from_bytes(data)
+        except BundleError as exc:
+            raise StoreError(f"manifest of {info.ref} is unreadable: {exc}") from exc
+        if touch:
+            now = time.time()
+            self._use().touch(info.ref, now)
+            info = dataclasses.replace(info, last_access=now)
+        return info, manifest
+
+    def list(self) -> list[SnapshotInfo]:
+        """Every ref, sorted by ref."""
+        return self._use().all()
+
+    def stored_size(self) -> int:
+        """Bytes of the distinct objects that refs reach (referenced bytes after dedup)."""
+        return self._use().stored_size()
+
+    def touch(self, ref: str) -> None:
+        self._use().touch(self._lookup(ref).ref, time.time())
+
+    def pin(self, ref: str, pinned: bool = True) -> None:
+        """A pinned ref is never pruned."""
+        self._use().set_pinned(self._lookup(ref).ref, pinned)
+
+    def remove_ref(self, ref: str) -> None:
+        """Drop a ref; its content stays until `gc`."""
+        info = self._lookup(ref)
+        self._use().remove([(info.ref, info.snapshot)])
+
+    # -- upkeep ----------------------------------------------------------------------------
+
+    def verify(self) -> VerifyReport:
+        return verify(self.objects, self._use())
+
+    def gc(self, *, dry_run: bool = False) -> GcResult:
+        """Remove what no ref reaches and what killed writers left; needs the store alone."""
+        index = self._use()
+        with self._lock.exclusive():
+            return sweep(self.objects, index.live_objects(), dry_run=dry_run)
+
+    def plan_prune(self, *, max_size: int | None, older_than: float | None) -> PrunePlan:
+        """Plan an LRU prune (pinned refs are kept); see `warmer.store.gc.plan_prune`."""
+        if max_size is None and older_than is None:
+            raise UsageError("prune needs a size budget or an age (max_size or older_than)")
+        if max_size is not None and max_size < 0:
+            raise UsageError(f"max_size must not be negative: {max_size}")
+        if older_than is not None and older_than <= 0:
+            raise UsageError(f"older_than must be positive: {older_than}")
+        return plan_prune(
+            self._use(), max_size=max_size, older_than=older_than, execute=self._prune
+        )
+
+    def _prune(self, refs: builtins.list[SnapshotInfo]) -> int:
+        """Refs first, content last, all under the exclusive lock; returns the bytes freed."""
+        index = self._use()
+        with self._lock.exclusive():
+            index.remove((info.ref, info.snapshot) for info in refs)
+            return sweep(self.objects, index.live_objects(), dry_run=False).bytes_freed
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _use(self) -> Index:
+        """Create the layout on first use, take the shared lock and open the index.
+
+        Harvests put objects from worker threads, so the first use may race with itself.
+        """
+        with self._opening:
+            if self._index is None:
+                try:
+                    self.objects.root.mkdir(parents=True, exist_ok=True)
+                    tag = self.root / "CACHEDIR.TAG"
+                    if not tag.is_file() or tag.read_bytes() != CACHEDIR_TAG:
+                        tag.write_bytes(CACHEDIR_TAG)  # rewritten if a killed process cut it short
+                    self._lock.acquire_shared()
+                except OSError as exc:
+                    raise StoreError(f"cannot use the store at {self.root}: {exc}") from exc
+                self._index = Index(self.root / "index.sqlite", busy_timeout=self._lock_timeout)
+            return self._index
+
+    def _lookup(self, spec: str) -> SnapshotInfo:
+        index = self._use()
+        spec = spec.strip()
+        exact = index.get(spec)
+        if exact is not None:
+            return exact
+        candidates: list[SnapshotInfo] = []
+        if "@" not in spec:
+            candidates = index.by_name(spec)
+        hex_id = spec.removeprefix("blake3:").lower()
+        if not candidates and len(hex_id) >= MIN_ID_PREFIX and _HEX_ID_RE.match(hex_id):
+            candidates = index.by_hex_prefix(hex_id)
+        if len(candidates) == 1:
+            return candidates[0]
+        if candidates:
+            listed = "\n  ".join(info.ref for info in candidates)
+            raise UsageError(f"{spec!r} matches {len(candidates)} snapshots; pick one:\n  {listed}")
+        raise UsageError(
+            f"no snapshot matches {spec!r}: give a ref (name@env-tag), a name, or at least "
+            f"{MIN_ID_PREFIX} hex characters of an id (warmer ls lists them)"
+        )
