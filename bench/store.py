@@ -106,16 +106,26 @@ def run(work: Path, size: int, refs: int) -> None:
     print(f"tree: {files} files, {format_size(tree_bytes)} (Triton layout, cubins 50-500 KB)")
     subprocess.run(["sync"], check=True)
 
-    tar_c, _ = timed(subprocess.run, ["tar", "-czf", str(work / "t.tar.gz"), "-C", str(work), "cache"], check=True)
+    tar_c, _ = timed(
+        subprocess.run,
+        ["tar", "-czf", str(work / "t.tar.gz"), "-C", str(work), "cache"],
+        check=True,
+    )
     store = Store(work / "store")
     out = work / "out"
     out.mkdir()
-    ingest_s, result = timed(save, name="bench", roots=[CacheRoot("triton", str(tree))], out=None, store=store)
+    ingest_s, result = timed(
+        save, name="bench", roots=[CacheRoot("triton", str(tree))], out=None, store=store
+    )
     export_s, bundle = timed(write_bundle, result.manifest, store.open_object, out, "zst")
     save_export = ingest_s + export_s
 
     (work / "tarx").mkdir()
-    tar_x, _ = timed(subprocess.run, ["tar", "-xzf", str(work / "t.tar.gz"), "-C", str(work / "tarx")], check=True)
+    tar_x, _ = timed(
+        subprocess.run,
+        ["tar", "-xzf", str(work / "t.tar.gz"), "-C", str(work / "tarx")],
+        check=True,
+    )
     (work / "restored").mkdir()
     restore_s, report = timed(restore, bundle, root=work / "restored")
     assert report.written == files
@@ -128,8 +138,10 @@ def run(work: Path, size: int, refs: int) -> None:
     for label, ours, theirs in rows:
         print(f"{label:<34}{ours:>9.2f}s{theirs:>9.2f}s{ours / theirs:>8.2f}")
     print(f"{'ingest throughput':<34}{tree_bytes / ingest_s / 1e6:>8.0f} MB/s")
-    print(f"{'bundle size (zst) vs tar.gz':<34}{format_size(bundle.stat().st_size):>10}"
-          f"{format_size((work / 't.tar.gz').stat().st_size):>10}")
+    print(
+        f"{'bundle size (zst) vs tar.gz':<34}{format_size(bundle.stat().st_size):>10}"
+        f"{format_size((work / 't.tar.gz').stat().st_size):>10}"
+    )
 
     # Dedup: a second tree sharing half the files of the first.
     second = work / "cache2"
@@ -149,9 +161,11 @@ def run(work: Path, size: int, refs: int) -> None:
                 unique[digest_bytes(data)] = len(data)
     manifests = sum(store.objects.path(info.snapshot).stat().st_size for info in store.list())
     content = objects_bytes(store) - manifests
-    print(f"\n{'dedup: stored file bytes':<34}{content:>10}  unique bytes {sum(unique.values())}"
-          f"  equal: {content == sum(unique.values())}"
-          f"  (first tree alone {format_size(before)}, both trees {format_size(2 * tree_bytes)})")
+    print(
+        f"\n{'dedup: stored file bytes':<34}{content:>10}  unique bytes {sum(unique.values())}"
+        f"  equal: {content == sum(unique.values())}"
+        f"  (first tree alone {format_size(before)}, both trees {format_size(2 * tree_bytes)})"
+    )
 
     lookup_ms = ref_lookup(work / "refs-store", refs)
     print(f"{'median ref lookup':<34}{lookup_ms:>8.3f} ms over {refs} refs")
@@ -168,8 +182,15 @@ def ref_lookup(root: Path, count: int) -> float:
     digest = store.put_bytes(data)
     for i in range(count):
         manifest = Manifest(
-            name=f"job-{i}", env=env.to_dict(), env_tag=env.tag, env_digest=env.digest,
-            files=(FileEntry(path=f"/cache/{i}", kind="triton", digest=digest, size=len(data), mode=0o644),),
+            name=f"job-{i}",
+            env=env.to_dict(),
+            env_tag=env.tag,
+            env_digest=env.digest,
+            files=(
+                FileEntry(
+                    path=f"/cache/{i}", kind="triton", digest=digest, size=len(data), mode=0o644
+                ),
+            ),
         )
         store.commit(manifest)
     rng = random.Random(3)

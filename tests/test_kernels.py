@@ -10,6 +10,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import compile_inductor, compile_triton
@@ -39,9 +40,9 @@ def index(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[KernelInd
         yield opened
 
 
-def listed(index: KernelIndex, root: Path, **filters: object) -> tuple[Scan, list[Kernel]]:
+def listed(index: KernelIndex, root: Path, **filters: Any) -> tuple[Scan, list[Kernel]]:
     scan = index.scan(Source("dir", root))
-    return scan, index.kernels(scan, KernelFilter(**filters))  # type: ignore[arg-type]
+    return scan, index.kernels(scan, KernelFilter(**filters))
 
 
 def entry_dirs(cache: Path) -> dict[tuple[str, str], Path]:
@@ -119,22 +120,30 @@ def test_filters_and_sort_orders(index: KernelIndex, triton_cache: Path) -> None
 def test_only_entries_whose_directory_changed_are_read_again(
     index: KernelIndex, triton_cache: Path
 ) -> None:
-    listed(index, triton_cache)
     directory = entry_dirs(triton_cache)[("add_kernel", "cuda:90")]
     metadata = directory / "add_kernel.json"
-    data = json.loads(metadata.read_text())
-    data["num_warps"] = 8
-    stamp = directory.stat()
-    metadata.write_text(json.dumps(data))  # in place: the directory's mtime does not move
-    os.utime(directory, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+
+    def rewrite_in_place(num_warps: int) -> None:
+        """Change the metadata without moving the directory's mtime."""
+        stamp = directory.stat()
+        data = json.loads(metadata.read_text())
+        data["num_warps"] = num_warps
+        metadata.write_text(json.dumps(data))
+        os.utime(directory, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
 
     def warps() -> int | None:
         (kernel,) = listed(index, triton_cache, name="add*", arch="90")[1]
         return kernel.num_warps
 
+    minute_ago = time.time() - 60
+    os.utime(directory, (minute_ago, minute_ago))
+    assert warps() == 4
+    rewrite_in_place(8)
     assert warps() == 4  # the index trusted the unchanged directory
     os.utime(directory)  # what any create, rename or delete inside it does
     assert warps() == 8
+    rewrite_in_place(16)  # within the same mtime tick as the change just indexed
+    assert warps() == 16  # a directory that changed just now is read again
 
     shutil.rmtree(directory)
     assert listed(index, triton_cache, name="add*", arch="90")[1] == []
@@ -220,6 +229,21 @@ def test_group_paths_from_another_machine_are_understood_not_followed(
     assert problem.reason == "bad group file" and str(secret) in problem.detail
     summary = scan.summary()
     assert summary is not None and "1 kernels have group files pointing elsewhere" in summary
+
+
+def test_groups_written_through_a_symlinked_root_are_not_stale(
+    index: KernelIndex, triton_cache: Path, tmp_path: Path
+) -> None:
+    alias = tmp_path / "alias"
+    alias.symlink_to(triton_cache, target_is_directory=True)
+    for group_path in triton_cache.glob("*/__grp__*.json"):  # as TRITON_CACHE_DIR=alias writes
+        group = json.loads(group_path.read_text())
+        entry = alias / group_path.parent.name
+        group["child_paths"] = {name: str(entry / name) for name in group["child_paths"]}
+        group_path.write_text(json.dumps(group))
+    for root in (triton_cache, alias):
+        scan, kernels = listed(index, root)
+        assert len(kernels) == 6 and scan.stale_groups == 0 and scan.problems == ()
 
 
 def test_nested_inductor_and_vllm_layouts_are_found(

@@ -70,6 +70,7 @@ def test_cpu_container_is_unprivileged_with_init_and_no_devices() -> None:
     for absent in ("DeviceRequests", "Devices", "GroupAdd", "CapAdd", "ShmSize"):
         assert absent not in host
     assert config["Image"] == "warmer-cpu:py3.11-torch2.13.0"
+    assert config["Entrypoint"] == [""]  # the image's ENTRYPOINT must not wrap the agent
     assert config["Tty"] is False and config["OpenStdin"] is False
     assert config["User"] is None and config["WorkingDir"] is None
 
@@ -122,6 +123,22 @@ def test_cuda_requests_gpus(gpus: Any, count: int, ids: list[str]) -> None:
     assert request["Capabilities"] == [["gpu"]]
     assert not host.get("Privileged")
     assert "Devices" not in host and "GroupAdd" not in host
+
+
+@pytest.mark.parametrize(
+    ("gpus", "names"),
+    [
+        ("all", ["nvidia.com/gpu=all"]),
+        (2, ["nvidia.com/gpu=0", "nvidia.com/gpu=1"]),
+        ([3], ["nvidia.com/gpu=3"]),
+    ],
+)
+def test_cuda_for_podman_asks_for_cdi_devices(gpus: Any, names: list[str]) -> None:
+    spec = make_spec(backend="cuda", gpus=gpus)
+    _, host = engine_body(container_kwargs(spec, {}, cdi_gpus=True))
+    (request,) = host["DeviceRequests"]
+    assert request["Driver"] == "cdi"
+    assert request["DeviceIDs"] == names
 
 
 def test_rocm_gets_device_nodes_and_groups_least_privilege() -> None:

@@ -130,6 +130,24 @@ def test_stdout_lines_come_back_and_a_failure_is_an_outcome(engine: Engine, run_
     assert not engine.containers(run_id)
 
 
+def test_an_image_entrypoint_does_not_wrap_the_command(engine: Engine, run_id: str) -> None:
+    base = engine.client.containers.create(engine.image, ["true"], network_mode="none")
+    try:
+        image = base.commit(
+            repository="warmer-test-entrypoint",
+            tag=run_id,
+            changes=['ENTRYPOINT ["echo", "wrapped:"]'],
+        )
+    finally:
+        base.remove(force=True)
+    try:
+        spec = shell_spec(engine, run_id, "echo plain", image=image.id)
+        outcome, _ = run(engine, spec)
+    finally:
+        engine.client.images.remove(image.id, force=True)
+    assert outcome.stdout_lines == ["plain"]
+
+
 def test_log_tail_keeps_the_last_fifty_lines(engine: Engine, run_id: str) -> None:
     outcome, _ = run(engine, shell_spec(engine, run_id, "seq 1 120"))
     assert outcome.exit_code == 0

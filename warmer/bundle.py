@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, BinaryIO, Literal
+from typing import IO, TYPE_CHECKING, BinaryIO, Literal, cast
 
 from warmer.errors import BundleError, UsageError
 from warmer.store.manifest import FileEntry, Manifest
@@ -112,7 +112,7 @@ def _compressed_writer(raw: IO[bytes], fmt: Format) -> Iterator[IO[bytes]]:
             yield writer
     elif fmt == "gz":
         with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=6) as gz:
-            yield gz
+            yield cast(IO[bytes], gz)
     elif fmt == "tar":
         yield raw
     else:
@@ -120,7 +120,7 @@ def _compressed_writer(raw: IO[bytes], fmt: Format) -> Iterator[IO[bytes]]:
 
 
 @contextmanager
-def _decompressed_reader(path: Path) -> Iterator[IO[bytes]]:
+def _decompressed_reader(path: Path) -> Iterator[BinaryIO]:
     try:
         raw = open(path, "rb")  # noqa: SIM115 - closed below
     except FileNotFoundError:
@@ -134,10 +134,10 @@ def _decompressed_reader(path: Path) -> Iterator[IO[bytes]]:
             import zstandard
 
             with zstandard.ZstdDecompressor().stream_reader(raw, read_size=_CHUNK) as reader:
-                yield io.BufferedReader(reader, buffer_size=_CHUNK)  # type: ignore[arg-type]
+                yield io.BufferedReader(reader, buffer_size=_CHUNK)
         elif magic.startswith(_GZIP_MAGIC):
             with gzip.GzipFile(fileobj=raw, mode="rb") as gz:
-                yield gz
+                yield cast(BinaryIO, gz)
         else:
             yield raw
 

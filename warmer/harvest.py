@@ -141,12 +141,16 @@ def collect_stream(
             continue
         if is_ignored(os.path.relpath(path, root)):
             continue
+        recorded = relocate(path, mapping)
         if size <= 16 << 20:
-            digest = store.put_bytes(reader.read())
+            data = reader.read()
+            if recorded != path and is_triton_group(path):
+                data = rewrite_group(data, os.path.dirname(recorded)) or data
+            digest, size = store.put_bytes(data), len(data)
         else:
             digest, size = store.put_stream(reader, size)
         harvest.entries.append(
-            FileEntry(path=path, kind=kind, digest=digest, size=size, mode=mode & 0o777)
+            FileEntry(path=recorded, kind=kind, digest=digest, size=size, mode=mode & 0o777)
         )
         if progress:
             progress(len(harvest.entries), harvest.size)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import fcntl
 import json
 import os
@@ -30,7 +31,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from warmer.errors import UsageError, WarmerError
 from warmer.store.cas import digest_file
@@ -64,6 +65,10 @@ _MODULE_SUFFIXES = (".so", ".c", ".pyd")
 #: Hit log lines: `<52-char key> <13-digit epoch milliseconds>\n` (67 bytes, < PIPE_BUF).
 HIT_LOG_SUFFIX = ".hits"
 _HIT_LINE_RE = re.compile(rb"([A-Z2-7]{52}) (\d{13})")
+#: A directory changed this recently may change again within the same mtime tick (racy-git):
+#: its row is stored as unsettled, so the next scan reads it again.
+_SETTLE_NS = 2_000_000_000
+_UNSETTLED = -1
 _SCHEMA_VERSION = 1
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS sources (
@@ -131,14 +136,6 @@ _ENTRY_COLUMNS = (
     "binary_digest",
     "stale_group",
 )
-#: The kernel columns a listing reads, in `Kernel`'s order.
-_KERNEL_COLUMNS = ", ".join(
-    f"e.{column}"
-    for column in (
-        "hash name backend arch warp_size num_warps num_stages num_ctas shared triton_version "
-        "files size mtime binary_digest location stale_group"
-    ).split()
-)
 _LAST_USED = "max(e.mtime, coalesce(h.last_access, 0))"
 _SORTS = {
     "name": "e.name, e.hash, e.location",
@@ -182,9 +179,8 @@ def file_kind(name: str) -> str:
     return SUFFIX_KINDS.get(os.path.splitext(name)[1], "other")
 
 
-@dataclass(frozen=True)
-class KernelFile:
-    """One file of a kernel entry."""
+class KernelFile(NamedTuple):
+    """One file of a kernel entry (a tuple: a listing makes hundreds of thousands)."""
 
     name: str
     kind: str
@@ -259,6 +255,12 @@ class Kernel:
         }
 
 
+#: The columns a listing reads: Kernel's fields, in order, but the hits (joined in).
+_KERNEL_COLUMNS = ", ".join(
+    f"e.{f.name}" for f in dataclasses.fields(Kernel) if f.name not in ("hits", "last_access")
+)
+
+
 @dataclass(frozen=True)
 class EntryProblem:
     """An entry that is broken or not a kernel: `reason` groups them, `detail` says which."""
@@ -294,13 +296,6 @@ class Source:
     kind: Literal["dir", "store", "bundle"]
     location: Path | str
     store_root: Path | None = None
-
-    @property
-    def writable(self) -> bool:
-        return self.kind == "dir"
-
-    def __str__(self) -> str:
-        return f"{self.kind} {self.location}"
 
 
 @dataclass(frozen=True)
@@ -342,12 +337,12 @@ class _Entry:
     key: str
     #: The row's location: relative to a cache root, or the absolute path in a snapshot.
     location: str
-    #: Where the group's child paths must point for Triton to hit.
-    directory: str
     sizes: Mapping[str, int]
     read: Callable[[str], bytes]
     digest: Callable[[str], str]
     mtime: Callable[[str], float]
+    #: Whether a group's child path leads Triton to this entry's file of that name.
+    points_here: Callable[[str, str], bool]
 
 
 class _Skipped(Exception):
@@ -398,7 +393,7 @@ def _kernel_fields(entry: _Entry) -> dict[str, object]:
     target = metadata["target"]
     assert isinstance(target, dict)
     files = [(n, file_kind(n), entry.sizes[n]) for n in names]
-    stale = any(p != posixpath.join(entry.directory, c) for c, p in children.items())
+    stale = not all(entry.points_here(c, p) for c, p in children.items())
     return {
         "name": str(metadata.get("name") or metadata_name[: -len(".json")]),
         "backend": str(target.get("backend", "")),
@@ -515,14 +510,19 @@ def _cache_entry(root: str, location: str) -> _Entry:
         except OSError as exc:
             raise _Skipped("unreadable file", f"{name}: {exc.strerror or exc}") from None
 
+    def points_here(child: str, path: str) -> bool:
+        """The path as written, or another spelling of it (a symlinked cache root)."""
+        here = os.path.join(directory, child)
+        return path == here or (os.path.exists(path) and os.path.samefile(path, here))
+
     return _Entry(
         key=os.path.basename(location),
         location=location,
-        directory=directory,
         sizes={name: st.st_size for name, st in stats.items()},
         read=read,
         digest=digest,
         mtime=lambda name: stats[name].st_mtime,
+        points_here=points_here,
     )
 
 
@@ -539,16 +539,33 @@ def _manifest_entries(
         if _is_entry_file(file_entry.path):
             directory, name = posixpath.split(file_entry.path)
             by_dir[directory][name] = file_entry
-    for directory, by_name in sorted(by_dir.items()):
-        yield _Entry(
-            key=posixpath.basename(directory),
-            location=directory,
-            directory=directory,
-            sizes={name: f.size for name, f in by_name.items()},
-            read=lambda name, d=directory: contents[posixpath.join(d, name)],  # type: ignore[misc]
-            digest=lambda name, files=by_name: files[name].digest,  # type: ignore[misc]
-            mtime=lambda _name: created,
-        )
+    for directory, files in sorted(by_dir.items()):
+        yield _snapshot_entry(directory, files, created, contents)
+
+
+def _snapshot_entry(
+    directory: str, files: dict[str, FileEntry], created: float, contents: Mapping[str, bytes]
+) -> _Entry:
+    """One entry of a snapshot: sizes and digests from the manifest, JSON from `contents`."""
+
+    def read(name: str) -> bytes:
+        return contents[posixpath.join(directory, name)]
+
+    def digest(name: str) -> str:
+        return files[name].digest
+
+    def points_here(child: str, path: str) -> bool:
+        return path == posixpath.join(directory, child)
+
+    return _Entry(
+        key=posixpath.basename(directory),
+        location=directory,
+        sizes={name: f.size for name, f in files.items()},
+        read=read,
+        digest=digest,
+        mtime=lambda _name: created,
+        points_here=points_here,
+    )
 
 
 def _small_json(manifest: Manifest) -> dict[str, str]:
@@ -662,7 +679,14 @@ class KernelIndex:
         changed = [loc for loc, stamp in seen.items() if known.get(loc) != stamp]
         gone = [loc for loc in known if loc not in seen]
         if changed or gone:
-            rows = [_row(_cache_entry(root_str, loc), seen[loc]) for loc in changed]
+            settled_before = time.time_ns() - _SETTLE_NS
+            rows = [
+                _row(
+                    _cache_entry(root_str, loc),
+                    seen[loc] if seen[loc] < settled_before else _UNSETTLED,
+                )
+                for loc in changed
+            ]
             with self._transaction():
                 self._db.executemany(
                     "DELETE FROM entries WHERE source = ? AND location = ?",
@@ -858,29 +882,29 @@ def _where(kernel_filter: KernelFilter, now: float) -> tuple[str, list[object]]:
     return "".join(f" AND {clause}" for clause in clauses), parameters
 
 
-def _kernel(row: Sequence[object], root: str | None) -> Kernel:
+def _kernel(row: Sequence[Any], root: str | None) -> Kernel:
+    """A Kernel from a row of `_KERNEL_COLUMNS` + hits (values typed by the index itself)."""
     (key, name, backend, arch, warp_size, num_warps, num_stages, num_ctas, shared, version,
      files, size, mtime, binary_digest, location, stale, hits, last_access) = row  # fmt: skip
-    assert isinstance(files, str) and isinstance(location, str)
     return Kernel(
-        hash=str(key),
-        name=str(name),
-        backend=str(backend),
-        arch=str(arch),
-        warp_size=_int_or_none(warp_size),
-        num_warps=_int_or_none(num_warps),
-        num_stages=_int_or_none(num_stages),
-        num_ctas=_int_or_none(num_ctas),
-        shared=_int_or_none(shared),
-        triton_version=_str_or_none(version),
-        files=tuple(KernelFile(n, k, s) for n, k, s in json.loads(files)),
-        size=int(size),  # type: ignore[call-overload]
-        mtime=float(mtime),  # type: ignore[arg-type]
-        binary_digest=str(binary_digest),
+        hash=key,
+        name=name,
+        backend=backend,
+        arch=arch,
+        warp_size=warp_size,
+        num_warps=num_warps,
+        num_stages=num_stages,
+        num_ctas=num_ctas,
+        shared=shared,
+        triton_version=version,
+        files=tuple(map(KernelFile._make, json.loads(files))),
+        size=size,
+        mtime=mtime,
+        binary_digest=binary_digest,
         location=os.path.join(root, location) if root else location,
         stale_group=bool(stale),
-        hits=int(hits),  # type: ignore[call-overload]
-        last_access=float(last_access) if last_access is not None else None,  # type: ignore[arg-type]
+        hits=hits,
+        last_access=last_access,
     )
 
 
@@ -1011,7 +1035,9 @@ def _remove_files(directory: Path, kernel: Kernel, names: set[str]) -> None:
     """Rewrite the group to list what stays (at this entry's paths), then delete the rest."""
     group_path = _group_path(directory, kernel)
     group = json.loads(group_path.read_text())
-    children = group["child_paths"]
+    children = group.get("child_paths") if isinstance(group, dict) else None
+    if not isinstance(children, dict):
+        raise ValueError(f"{group_path.name} changed since it was indexed")
     group["child_paths"] = {c: str(directory / c) for c in children if c not in names}
     _replace_file(group_path, json.dumps(group).encode())
     for name in sorted(names):

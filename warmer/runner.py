@@ -8,19 +8,19 @@ container by then.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import warmer
+from warmer.agent.report import parse_line
 from warmer.bundle import Format, write_bundle, write_tar
 from warmer.caches import CacheRoot, Facts, default_roots, select
 from warmer.envkey import EnvKey
@@ -34,8 +34,6 @@ from warmer.store.manifest import Manifest
 from warmer.units import parse_size
 
 JOB_TARGET = "/opt/warmer-job"
-REPORT_PREFIX = "WARMER-REPORT "
-PROGRESS_PREFIX = "WARMER-PROGRESS "
 #: Paths a container writes that are never caches nor worth listing as left out.
 _NOISE = (
     "/opt/warmer",
@@ -126,12 +124,9 @@ def _volume(spec: str) -> Mount:
 def parse_report(lines: list[str]) -> dict[str, Any] | None:
     """The agent's final report, from its stdout lines (None when it never printed one)."""
     for line in reversed(lines):
-        if line.startswith(REPORT_PREFIX):
-            try:
-                report = json.loads(line[len(REPORT_PREFIX) :])
-            except ValueError:
-                return None
-            return report if isinstance(report, dict) else None
+        parsed = parse_line(line)
+        if parsed and parsed[0] == "report":
+            return parsed[1]
     return None
 
 
@@ -228,13 +223,11 @@ class Runner:
 
     def _wait(self, job: Job, session: Any) -> _Pass:
         def on_line(line: str) -> None:
-            if line.startswith(PROGRESS_PREFIX):
-                with contextlib.suppress(ValueError):
-                    self.on_event(
-                        "progress", {"job": job.name, **json.loads(line[len(PROGRESS_PREFIX) :])}
-                    )
-            elif not line.startswith(REPORT_PREFIX):
+            parsed = parse_line(line)
+            if parsed is None:
                 self.on_event("line", {"job": job.name, "line": line})
+            elif parsed[0] == "progress":
+                self.on_event("progress", {"job": job.name, **parsed[1]})
 
         outcome: RunOutcome = session.wait(job.timeout, on_line)
         if outcome.timed_out:
@@ -277,23 +270,41 @@ class Runner:
         )
         return harvest
 
+    def run_pass(
+        self,
+        job: Job,
+        spec: ContainerSpec,
+        *,
+        preload: Iterable[bytes] | None = None,
+        take: Sequence[str] = (),
+    ) -> tuple[dict[str, Any], dict[str, bytes]]:
+        """One warm-up in a fresh session: the agent's report, and the files at `take`
+        (absolute paths in the session) read before the session is removed."""
+        taken: dict[str, bytes] = {}
+        with self.runtime.start(spec, preload=preload) as session:
+            result = self._wait(job, session)
+            for path in take:
+                for info, reader in session.read_tree(path):
+                    if reader is not None:
+                        taken[info.name] = reader.read()
+        return result.report, taken
+
     def _verify(
         self, job: Job, spec: ContainerSpec, manifest: Manifest, cold: Mapping[str, Any]
     ) -> dict[str, Any]:
         """A fresh run with the bundle preloaded: hit rate and cold vs warm compile time."""
         started = time.monotonic()
-        with self.runtime.start(spec, preload=_tar_chunks(manifest, self.store)) as session:
-            warm = self._wait(job, session)
+        warm, _ = self.run_pass(job, spec, preload=tar_chunks(manifest, self.store))
         cold_s = float((cold.get("timings") or {}).get("compile_s") or 0.0)
-        warm_s = float((warm.report.get("timings") or {}).get("compile_s") or 0.0)
+        warm_s = float((warm.get("timings") or {}).get("compile_s") or 0.0)
         return {
-            "hit_rate": hit_rate(warm.report),
-            "hits": int(warm.report.get("hits") or 0),
-            "misses": int(warm.report.get("misses") or 0),
+            "hit_rate": hit_rate(warm),
+            "hits": int(warm.get("hits") or 0),
+            "misses": int(warm.get("misses") or 0),
             "cold_s": round(cold_s, 3),
             "warm_s": round(warm_s, 3),
             "speedup": round(cold_s / warm_s, 2) if warm_s > 0 else None,
-            "counters": warm.report.get("counters") or {},
+            "counters": warm.get("counters") or {},
             "_seconds": time.monotonic() - started,
         }
 
@@ -317,7 +328,7 @@ def _leaves(paths: list[str]) -> list[str]:
     ]
 
 
-def _tar_chunks(manifest: Manifest, store: Store) -> Iterator[bytes]:
+def tar_chunks(manifest: Manifest, store: Store) -> Iterator[bytes]:
     """The snapshot's files as an uncompressed tar stream, written by a thread into a pipe."""
     read_fd, write_fd = os.pipe()
     failure: list[BaseException] = []

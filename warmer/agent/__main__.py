@@ -71,6 +71,7 @@ def run(job_path: str) -> int:
                 "import_s": outcome.import_s,
                 "compile_s": outcome.compile_s,
                 "total_s": round(time.perf_counter() - started, 3),
+                **outcome.extra_timings,
             },
             "counters": outcome.counters,
             "hits": outcome.hits,

@@ -37,6 +37,8 @@ class Outcome:
     misses: int = 0
     import_s: float | None = None
     compile_s: float | None = None
+    #: further timings an engine reports (say, loading Mega-Cache artifacts)
+    extra_timings: dict[str, float] = field(default_factory=dict)
 
 
 class Channel:

@@ -100,18 +100,23 @@ def container_kwargs(
     secrets: Mapping[str, str],
     *,
     device_groups: Sequence[str] = ROCM_GROUPS,
+    cdi_gpus: bool = False,
 ) -> dict[str, Any]:
     """The `containers.create()` arguments for `spec`: least privilege, env in the API body.
 
     `device_groups` are the groups a ROCm container joins to open its device nodes (names
-    resolved in the image, or numeric ids of the host's device files).
+    resolved in the image, or numeric ids of the host's device files). `cdi_gpus` asks for
+    CUDA GPUs by CDI name (`nvidia.com/gpu=...`), the form Podman understands, instead of
+    Docker's NVIDIA device request.
     """
-    from docker.types import DeviceRequest
     from docker.types import Mount as DockerMount
 
     environment = {**spec.env, **secrets}
     kwargs: dict[str, Any] = {
         "image": spec.image,
+        # Run exactly the command: an image's ENTRYPOINT (vllm-openai starts the API server)
+        # would otherwise take it as arguments. [""] is how the API says "none".
+        "entrypoint": [""],
         "command": list(spec.command),
         "environment": environment,
         "labels": managed_labels(spec.labels),
@@ -131,25 +136,45 @@ def container_kwargs(
         kwargs["working_dir"] = spec.workdir
     if spec.shm_size is not None:
         kwargs["shm_size"] = spec.shm_size
-    device_ids = _device_ids(spec.gpus)
     if spec.backend == "cuda":
-        if device_ids is None:
-            count = -1 if spec.gpus == "all" else int(spec.gpus)  # type: ignore[arg-type]
-            request = DeviceRequest(count=count, capabilities=[["gpu"]])
-        else:
-            request = DeviceRequest(device_ids=device_ids, capabilities=[["gpu"]])
-        kwargs["device_requests"] = [request]
+        kwargs["device_requests"] = [_cuda_request(spec.gpus, cdi_gpus)]
     elif spec.backend == "rocm":
         kwargs["devices"] = [f"{path}:{path}:rwm" for path in ROCM_DEVICES]
         kwargs["group_add"] = list(device_groups)
         # /dev/dri exposes every GPU: the HIP runtime narrows it to the ones asked for.
-        if device_ids is not None and "HIP_VISIBLE_DEVICES" not in spec.env:
-            environment["HIP_VISIBLE_DEVICES"] = ",".join(device_ids)
-        elif isinstance(spec.gpus, int) and "HIP_VISIBLE_DEVICES" not in spec.env:
-            environment["HIP_VISIBLE_DEVICES"] = ",".join(str(i) for i in range(spec.gpus))
+        ids = _device_ids(spec.gpus)
+        if ids is not None and "HIP_VISIBLE_DEVICES" not in spec.env:
+            environment["HIP_VISIBLE_DEVICES"] = ",".join(ids)
     elif spec.backend != "cpu":
         raise UsageError(f"unknown backend {spec.backend!r}: expected cuda, rocm or cpu")
     return kwargs
+
+
+def _cuda_request(gpus: str | int | list[int], cdi: bool) -> Any:
+    """Docker's NVIDIA request (all: count -1, a count, or ids), or the CDI names of the GPUs."""
+    from docker.types import DeviceRequest
+
+    ids = _device_ids(gpus)
+    if cdi:
+        names = [f"nvidia.com/gpu={i}" for i in ids] if ids is not None else ["nvidia.com/gpu=all"]
+        return DeviceRequest(driver="cdi", device_ids=names)
+    if isinstance(gpus, int):
+        return DeviceRequest(count=gpus, capabilities=[["gpu"]])
+    if ids is None:
+        return DeviceRequest(count=-1, capabilities=[["gpu"]])
+    return DeviceRequest(device_ids=ids, capabilities=[["gpu"]])
+
+
+def _device_ids(gpus: str | int | list[int]) -> list[str] | None:
+    """The GPU ids `gpus` selects: a list, a string such as "0,1", or the first N for a
+    count; None for "all"."""
+    if isinstance(gpus, int):
+        return [str(i) for i in range(gpus)]
+    if isinstance(gpus, list):
+        return [str(i) for i in gpus]
+    if gpus != "all":
+        return [part.strip() for part in gpus.split(",") if part.strip()]
+    return None
 
 
 def managed_labels(labels: Mapping[str, str]) -> dict[str, str]:
@@ -160,15 +185,6 @@ def managed_labels(labels: Mapping[str, str]) -> dict[str, str]:
         **labels,
         MANAGED_LABEL: "1",
     }
-
-
-def _device_ids(gpus: str | int | list[int]) -> list[str] | None:
-    """Explicit GPU ids (a list, or a string such as "0,1"); None for "all" or a count."""
-    if isinstance(gpus, list):
-        return [str(i) for i in gpus]
-    if isinstance(gpus, str) and gpus != "all":
-        return [part.strip() for part in gpus.split(",") if part.strip()]
-    return None
 
 
 def host_device_groups() -> list[str]:
@@ -341,7 +357,9 @@ class DockerRuntime:
     ) -> Iterator[DockerSession]:
         """Create, preload, start; on exit (also on errors and Ctrl-C) stop and remove."""
         secrets = read_secrets(spec.secret_names)
-        kwargs = container_kwargs(spec, secrets, device_groups=self._device_groups)
+        kwargs = container_kwargs(
+            spec, secrets, device_groups=self._device_groups, cdi_gpus=self.name == "podman"
+        )
         container = self._create(kwargs)
         try:
             if preload is not None:

@@ -25,30 +25,16 @@ from typing import BinaryIO
 
 from warmer.caches import Facts, default_roots, inductor_default_dir, is_triton_group, rewrite_group
 from warmer.harvest import relocate
-from warmer.runtimes.base import AGENT_PACKAGE_TARGET, ContainerSpec, RunOutcome
-
-_GRACE_S = 10.0
-_TAIL_LINES = 50
-
-
-class _IterStream:
-    """A read-only file over an iterator of byte chunks (a preload tar stream)."""
-
-    def __init__(self, chunks: Iterable[bytes]) -> None:
-        self._chunks = iter(chunks)
-        self._buffer = b""
-
-    def read(self, size: int = -1) -> bytes:
-        while size < 0 or len(self._buffer) < size:
-            chunk = next(self._chunks, None)
-            if chunk is None:
-                break
-            self._buffer += chunk
-        if size < 0:
-            data, self._buffer = self._buffer, b""
-        else:
-            data, self._buffer = self._buffer[:size], self._buffer[size:]
-        return data
+from warmer.runtimes.base import (
+    AGENT_PACKAGE_TARGET,
+    STOP_GRACE_S,
+    TAIL_LINES,
+    ContainerSpec,
+    RunOutcome,
+    masker,
+    open_chunks,
+    read_secrets,
+)
 
 
 class LocalSession:
@@ -65,9 +51,10 @@ class LocalSession:
             tmpdir=facts.tmpdir,
             user=facts.user,
         )
+        # Inductor is not redirected: the fresh TMPDIR below moves its default root, which
+        # also holds what it writes at the default place whatever its variable says.
         isolated = {
             "TRITON_CACHE_DIR": workdir / "triton",
-            "TORCHINDUCTOR_CACHE_DIR": workdir / "inductor",
             "VLLM_CACHE_ROOT": workdir / "vllm",
             "CUDA_CACHE_PATH": workdir / "cuda-jit",
             "TORCH_EXTENSIONS_DIR": workdir / "torch-extensions",
@@ -75,15 +62,19 @@ class LocalSession:
         by_kind = {root.kind: root.path for root in default_roots(deployed)}
         kinds = {
             "TRITON_CACHE_DIR": "triton",
-            "TORCHINDUCTOR_CACHE_DIR": "inductor",
             "VLLM_CACHE_ROOT": "vllm",
             "CUDA_CACHE_PATH": "cuda-jit",
             "TORCH_EXTENSIONS_DIR": "torch-extensions",
         }
         #: where a file found in the work dir is recorded -> (work dir path -> default path)
         self.path_mapping: dict[str, str] = {}
+        #: cache directories the job chose itself: kept, and harvested by modification time
+        self.explicit_roots = [
+            spec.env[name] for name in (*isolated, "TORCHINDUCTOR_CACHE_DIR") if name in spec.env
+        ]
+        self.started = time.time()
         for name, path in isolated.items():
-            if name in spec.env:  # the job chose this place itself: keep it
+            if name in spec.env:
                 continue
             self.environ[name] = str(path)
             self.path_mapping[str(path)] = by_kind[kinds[name]]
@@ -92,12 +83,12 @@ class LocalSession:
         self.environ["TMPDIR"] = str(tmp)
         work_facts = Facts(environ={}, home=facts.home, tmpdir=str(tmp), user=facts.user)
         self.path_mapping[inductor_default_dir(work_facts)] = inductor_default_dir(deployed)
-        self.roots = [Path(p) for p in self.path_mapping]
+        self.roots = list(self.path_mapping)
 
     def preload(self, chunks: Iterable[bytes]) -> None:
         """Unpack a tar of files at their recorded paths into this session's directories."""
         inverse = {recorded: work for work, recorded in self.path_mapping.items()}
-        with tarfile.open(fileobj=_IterStream(chunks), mode="r|") as tar:  # type: ignore[call-overload]
+        with tarfile.open(fileobj=open_chunks(chunks), mode="r|") as tar:
             for member in tar:
                 if not member.isreg():
                     continue
@@ -117,6 +108,7 @@ class LocalSession:
     def wait(self, deadline_s: float, on_line: Callable[[str], None]) -> RunOutcome:
         """Run the command; stream its merged output; kill the process group at the deadline."""
         started = time.monotonic()
+        self.started = time.time()
         process = subprocess.Popen(
             _host_command(self.spec),
             env=self.environ,
@@ -126,14 +118,14 @@ class LocalSession:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        tail: deque[str] = deque(maxlen=_TAIL_LINES)
+        tail: deque[str] = deque(maxlen=TAIL_LINES)
         stdout_lines: list[str] = []
-        secrets = [os.environ[name] for name in self.spec.secret_names if os.environ.get(name)]
+        mask = masker(read_secrets(self.spec.secret_names).values())
 
         def pump() -> None:
             assert process.stdout is not None
             for raw in process.stdout:
-                line = _mask(raw.decode("utf-8", "replace").rstrip("\n"), secrets)
+                line = mask(raw.decode("utf-8", "replace").rstrip("\n"))
                 stdout_lines.append(line)
                 tail.append(line)
                 on_line(line)
@@ -149,7 +141,7 @@ class LocalSession:
         finally:
             if process.poll() is None:
                 _stop_group(process)
-        reader.join(timeout=_GRACE_S)
+        reader.join(timeout=STOP_GRACE_S)
         return RunOutcome(
             exit_code=None if timed_out else process.returncode,
             timed_out=timed_out,
@@ -159,11 +151,16 @@ class LocalSession:
         )
 
     def changed_paths(self) -> list[str]:
-        """Everything under the fresh cache directories was written by this run."""
+        """Everything under the fresh cache directories, and what changed since the start
+        under the directories the job chose itself."""
         changed = []
-        for root in self.roots:
+        for root in [*self.roots, *self.explicit_roots]:
+            fresh = root in self.roots
             for directory, _dirs, files in os.walk(root):
-                changed.extend(os.path.join(directory, name) for name in files)
+                for name in files:
+                    path = os.path.join(directory, name)
+                    if fresh or os.lstat(path).st_mtime >= self.started:
+                        changed.append(path)
         return sorted(changed)
 
     def read_tree(self, path: str) -> Iterator[tuple[tarfile.TarInfo, BinaryIO | None]]:
@@ -238,15 +235,9 @@ def _host_command(spec: ContainerSpec) -> list[str]:
     return command
 
 
-def _mask(line: str, secrets: list[str]) -> str:
-    for value in secrets:
-        line = line.replace(value, "***")
-    return line
-
-
 def _stop_group(process: subprocess.Popen[bytes]) -> None:
     """SIGTERM the process group, then SIGKILL after the grace period."""
-    for sig, wait in ((signal.SIGTERM, _GRACE_S), (signal.SIGKILL, _GRACE_S)):
+    for sig, wait in ((signal.SIGTERM, STOP_GRACE_S), (signal.SIGKILL, STOP_GRACE_S)):
         try:
             os.killpg(process.pid, sig)
         except ProcessLookupError:

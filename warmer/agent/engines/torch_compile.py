@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import importlib
 import math
+import os
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -39,11 +40,11 @@ def run(job: Mapping[str, Any], progress: Progress) -> Outcome:
     progress.expect(len(inputs))
     started = time.perf_counter()
 
+    factory = load_factory(engine["model"])
     import torch
     from torch._dynamo.utils import counters
 
     triton_counts = listen_to_triton()
-    factory = load_factory(engine["model"])
     module = factory(**(engine.get("args") or {}))
     if not isinstance(module, torch.nn.Module):
         raise EngineError(f"{engine['model']} returned {type(module).__name__}, not an nn.Module")
@@ -59,7 +60,11 @@ def run(job: Mapping[str, Any], progress: Progress) -> Outcome:
         fullgraph=bool(options.get("fullgraph")),
     )
     tensors = [make_input(torch, spec, seed, device) for seed, spec in enumerate(inputs)]
+    if (options.get("backend") or "inductor") == "inductor":
+        prepare_inductor(torch, on_gpu)
     import_s = time.perf_counter() - started
+    megacache = MegaCache.from_environment()
+    megacache_load_s = megacache.load(torch) if megacache else None
 
     compile_started = time.perf_counter()
     with torch.no_grad():
@@ -70,6 +75,8 @@ def run(job: Mapping[str, Any], progress: Progress) -> Outcome:
                 if on_gpu:
                     torch.cuda.synchronize()
     compile_s = time.perf_counter() - compile_started
+    if megacache:
+        megacache.save(torch)
 
     inductor = {k: v for k, v in counters["inductor"].items() if "cache" in k}
     aot_autograd = {k: v for k, v in counters["aot_autograd"].items() if "cache" in k}
@@ -83,7 +90,58 @@ def run(job: Mapping[str, Any], progress: Progress) -> Outcome:
         misses=inductor.get("fxgraph_cache_miss", 0) + triton.get("cache_miss", 0),
         import_s=round(import_s, 3),
         compile_s=round(compile_s, 3),
+        extra_timings={"megacache_load_s": megacache_load_s} if megacache_load_s else {},
     )
+
+
+class MegaCache:
+    """PyTorch's own portable cache (`torch.compiler.save/load_cache_artifacts`), for comparing
+    with it side by side (bench/coldstart.py): WARMER_MEGACACHE=save:PATH or load:PATH."""
+
+    def __init__(self, action: str, path: str) -> None:
+        self.action, self.path = action, path
+
+    @classmethod
+    def from_environment(cls) -> MegaCache | None:
+        value = os.environ.get("WARMER_MEGACACHE")
+        if not value:
+            return None
+        action, _, path = value.partition(":")
+        if action not in ("save", "load") or not path:
+            raise EngineError(f"WARMER_MEGACACHE={value!r}: expected save:PATH or load:PATH")
+        return cls(action, path)
+
+    def load(self, torch: Any) -> float | None:
+        """Load the artifacts before the first call; returns how long that took."""
+        if self.action != "load":
+            return None
+        started = time.perf_counter()
+        with open(self.path, "rb") as artifacts:
+            torch.compiler.load_cache_artifacts(artifacts.read())
+        return round(time.perf_counter() - started, 3)
+
+    def save(self, torch: Any) -> None:
+        if self.action == "save":
+            artifacts = torch.compiler.save_cache_artifacts()
+            if artifacts is None:
+                raise EngineError("torch.compiler.save_cache_artifacts() returned nothing")
+            with open(self.path, "wb") as out:
+                out.write(artifacts[0])
+
+
+def prepare_inductor(torch: Any, on_gpu: bool) -> None:
+    """Inductor's per-process start-up, which it would otherwise do inside the first call.
+
+    Its modules load lazily, and on CPU it probes the vector ISAs by loading test libraries
+    in child processes (~1-2 s). Both cost the same cold or warm, cache or no cache, so they
+    are timed as start-up (import_s), not as compilation.
+    """
+    import torch._inductor.compile_fx  # noqa: F401
+
+    if not on_gpu:
+        from torch._inductor import cpu_vec_isa
+
+        cpu_vec_isa.valid_vec_isa_list()
 
 
 def load_factory(reference: str) -> Callable[..., Any]:
