@@ -115,7 +115,8 @@ def single_file_tar(path: str, data: bytes) -> list[bytes]:
 
 def print_table(results: list[dict[str, Any]]) -> None:
     print(
-        f"\n{'job':<14}{'column':<14}{'compile s':>10}{'vs cold':>9}{'hit rate':>9}{'imports s':>10}"
+        f"\n{'job':<14}{'column':<14}{'compile s':>10}{'vs cold':>9}{'hit rate':>9}"
+        f"{'imports s':>10}"
     )
     for result in results:
         cold = result["columns"]["cold"]["compile_s"]

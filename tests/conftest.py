@@ -7,12 +7,16 @@ import os
 import shutil
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 HELPERS = Path(__file__).parent / "helpers"
+REPO = Path(__file__).resolve().parent.parent
 ALL_TARGETS = ("cuda:90", "cuda:80", "hip:gfx942")
 
 
@@ -67,3 +71,72 @@ def triton_cache(_triton_cache_master: Path, tmp_path: Path) -> Iterator[Path]:
         }
         group.write_text(json.dumps(data))
     yield cache
+
+
+# --- a real container engine: Docker, and Podman through its Docker-compatible socket ---
+
+IMAGE = "warmer-cpu:py3.11-torch2.13.0"
+
+
+@dataclass
+class Engine:
+    runtime: DockerRuntime
+    client: Any
+    image: str
+
+    def containers(self, run_id: str) -> list[Any]:
+        """Containers of one test, by label (what `docker ps -a --filter label=...` lists)."""
+        return list(
+            self.client.containers.list(all=True, filters={"label": f"warmer.run={run_id}"})
+        )
+
+
+def _podman_url() -> str | None:
+    try:
+        return podman_base_url()
+    except UsageError:
+        return None
+
+
+@pytest.fixture(
+    scope="module",
+    params=["docker", pytest.param("podman", marks=pytest.mark.podman)],
+)
+def engine(request: pytest.FixtureRequest) -> Engine:
+    if request.param == "docker":
+        url = None
+        if not engine_answers():
+            pytest.skip("no Docker engine reachable (set DOCKER_HOST or run .ci/engine-up)")
+        image = IMAGE
+    else:
+        url = _podman_url()
+        if url is None or not engine_answers(url):
+            pytest.skip(
+                "no Podman service reachable "
+                "(set WARMER_PODMAN_SOCKET or run .ci/engine-up --podman)"
+            )
+        image = f"localhost/{IMAGE}"
+    runtime = DockerRuntime(url, name=request.param)
+    try:
+        runtime.client.images.get(image)
+    except ImageNotFound:
+        build = "images/cpu/build --podman" if request.param == "podman" else "images/cpu/build"
+        pytest.skip(f"image {image} not built: run {build}")
+    return Engine(runtime, runtime.client, image)
+
+
+@pytest.fixture
+def run_id(engine: Engine) -> Iterator[str]:
+    """A label value of this test's own; no container with it may outlive the test."""
+    value = f"test-{uuid.uuid4().hex[:12]}"
+    yield value
+    leftovers = engine.containers(value)
+    for container in leftovers:
+        container.remove(force=True)
+    assert not leftovers, f"containers left behind: {[c.short_id for c in leftovers]}"
+
+
+from docker.errors import ImageNotFound  # noqa: E402
+
+from warmer.errors import UsageError  # noqa: E402
+from warmer.runtimes.docker import DockerRuntime, engine_answers, podman_base_url  # noqa: E402

@@ -18,6 +18,7 @@ from conftest import compile_triton
 import warmer
 from warmer.cli import cli
 from warmer.kernels import HIT_LOG_SUFFIX, hit_line, hit_log_dir
+from warmer.units import format_size
 
 REQUIRED = {
     "name", "hash", "backend", "arch", "warp_size", "num_warps", "num_stages", "shared",
@@ -92,9 +93,8 @@ def test_ls_json_table_and_quiet(triton_cache: Path) -> None:
     assert table.exit_code == 0 and table.stderr == ""
     lines = table.stdout.splitlines()
     assert lines[0].split()[:4] == ["ID", "NAME", "BACKEND", "ARCH"]
-    total = sum(k["size"] for k in kernels)
-    assert lines[-1].startswith("6 kernels, ") and lines[-1].endswith(" total")
-    assert total > 0 and len(lines) == 8
+    assert lines[-1] == f"6 kernels, {format_size(sum(k['size'] for k in kernels))} total"
+    assert len(lines) == 8
     assert {line.split()[0] for line in lines[1:-1]} == {str(k["hash"])[:10] for k in kernels}
     size_column = lines[0].index("SIZE") + len("SIZE")
     assert all(line[size_column - 1] != " " for line in lines[1:-1])  # right-aligned
@@ -128,6 +128,22 @@ def test_ls_filters_ages_and_default_cache_dir(
 
     monkeypatch.setenv("TRITON_CACHE_DIR", str(triton_cache))
     assert len(json.loads(warmer_cli("ls", "--json").stdout)) == 6
+
+
+def test_concurrent_listings_share_one_index(triton_cache: Path) -> None:
+    repo = str(Path(warmer.__file__).resolve().parent.parent)
+    command = [sys.executable, "-c", "from warmer.cli import main; main()", "kernels", "ls"]
+    listings = [
+        subprocess.Popen(
+            [*command, "--cache-dir", str(triton_cache), "--json"],
+            stdout=subprocess.PIPE,
+            env={**os.environ, "PYTHONPATH": repo},
+        )
+        for _ in range(4)
+    ]
+    for listing in listings:
+        out, _ = listing.communicate()
+        assert listing.returncode == 0 and len(json.loads(out)) == 6
 
 
 def test_hits_from_real_tracking_drive_filters_and_sort(

@@ -124,7 +124,9 @@ def test_verify_clean_then_corrupt(store_dir: Path) -> None:
 
 
 def test_verify_exit_code_through_main(store_dir: Path) -> None:
-    victim = next((store_dir / "store-v1" / "objects").glob("*/*"))
+    with Store(store_dir) as store:
+        digest = store.resolve("tiny", touch=False)[1].files[0].digest
+        victim = store.objects.path(digest)
     victim.chmod(0o644)
     victim.write_bytes(b"")
     done = subprocess.run(

@@ -84,7 +84,10 @@ def test_inductor_cache_hits_after_restore(tmp_path: Path) -> None:
     root = tmp_path / "fresh"
     root.mkdir()
     restore(result.bundle, root=root)
-    warm_env = {**env, "TORCHINDUCTOR_CACHE_DIR": str(root / env["TORCHINDUCTOR_CACHE_DIR"].lstrip("/"))}
+    warm_env = {
+        **env,
+        "TORCHINDUCTOR_CACHE_DIR": str(root / env["TORCHINDUCTOR_CACHE_DIR"].lstrip("/")),
+    }
     warm = compile_inductor(warm_env)
     assert warm.get("fxgraph_cache_hit", 0) >= 1 and not warm.get("fxgraph_cache_miss"), warm
 
@@ -93,16 +96,21 @@ def foreign(manifest: Manifest, **changes: object) -> Manifest:
     env = {**manifest.env, **changes}
     key = EnvKey.from_dict(env)
     return Manifest(
-        name=manifest.name, env=key.to_dict(), env_tag=key.tag, env_digest=key.digest,
+        name=manifest.name,
+        env=key.to_dict(),
+        env_tag=key.tag,
+        env_digest=key.digest,
         files=manifest.files,
     )
 
 
 def test_environment_mismatch_refuses_with_every_reason(triton_cache: Path, tmp_path: Path) -> None:
-    bundle, manifest = saved_triton(triton_cache, tmp_path)
+    _bundle, manifest = saved_triton(triton_cache, tmp_path)
     store = Store(tmp_path / "store")
     other = write_bundle(
-        foreign(manifest, torch="2.6.0+cu124", triton="3.2.0"), store.open_object, tmp_path / "x.tar.zst"
+        foreign(manifest, torch="2.6.0+cu124", triton="3.2.0"),
+        store.open_object,
+        tmp_path / "x.tar.zst",
     )
     root = tmp_path / "root"
     root.mkdir()
@@ -114,7 +122,9 @@ def test_environment_mismatch_refuses_with_every_reason(triton_cache: Path, tmp_
 
     result = CliRunner().invoke(cli, ["restore", str(other), "--root", str(root), "--json"])
     assert result.exit_code == 4, result.output
-    forced = CliRunner().invoke(cli, ["restore", str(other), "--root", str(root), "--force", "--json"])
+    forced = CliRunner().invoke(
+        cli, ["restore", str(other), "--root", str(root), "--force", "--json"]
+    )
     assert forced.exit_code == 0, forced.output
     assert json.loads(forced.stdout)["written"] == len(manifest.files)
 
@@ -123,7 +133,9 @@ def test_dry_run_writes_nothing_and_json_counts(triton_cache: Path, tmp_path: Pa
     bundle, manifest = saved_triton(triton_cache, tmp_path)
     root = tmp_path / "root"
     root.mkdir()
-    result = CliRunner().invoke(cli, ["restore", str(bundle), "--root", str(root), "--dry-run", "--json"])
+    result = CliRunner().invoke(
+        cli, ["restore", str(bundle), "--root", str(root), "--dry-run", "--json"]
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["dry_run"] is True

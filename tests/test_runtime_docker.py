@@ -15,11 +15,12 @@ import socket
 import subprocess
 import tarfile
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import Engine
+from docker import errors as docker_errors
 
 from warmer.errors import UsageError
 from warmer.runtimes.base import (
@@ -28,71 +29,12 @@ from warmer.runtimes.base import (
     PID_LABEL,
     STOP_GRACE_S,
     ContainerSpec,
+    Mount,
     RunOutcome,
 )
-from warmer.runtimes.docker import DockerRuntime, engine_answers, podman_base_url
 
-docker_errors = pytest.importorskip("docker.errors", reason="the docker SDK is not installed")
-IMAGE = "warmer-cpu:py3.11-torch2.13.0"
+pytestmark = pytest.mark.docker
 TRITON = "/root/.triton/cache"
-
-
-@dataclass
-class Engine:
-    runtime: DockerRuntime
-    client: Any
-    image: str
-
-    def containers(self, run_id: str) -> list[Any]:
-        """Containers of one test, by label (what `docker ps -a --filter label=...` lists)."""
-        return list(
-            self.client.containers.list(all=True, filters={"label": f"warmer.run={run_id}"})
-        )
-
-
-def _podman_url() -> str | None:
-    try:
-        return podman_base_url()
-    except UsageError:
-        return None
-
-
-@pytest.fixture(
-    scope="module",
-    params=["docker", pytest.param("podman", marks=pytest.mark.podman)],
-)
-def engine(request: pytest.FixtureRequest) -> Engine:
-    if request.param == "docker":
-        url = None
-        if not engine_answers():
-            pytest.skip("no Docker engine reachable (set DOCKER_HOST or run .ci/engine-up)")
-        image = IMAGE
-    else:
-        url = _podman_url()
-        if url is None or not engine_answers(url):
-            pytest.skip(
-                "no Podman service reachable "
-                "(set WARMER_PODMAN_SOCKET or run .ci/engine-up --podman)"
-            )
-        image = f"localhost/{IMAGE}"
-    runtime = DockerRuntime(url, name=request.param)
-    try:
-        runtime.client.images.get(image)
-    except docker_errors.ImageNotFound:
-        build = "images/cpu/build --podman" if request.param == "podman" else "images/cpu/build"
-        pytest.skip(f"image {image} not built: run {build}")
-    return Engine(runtime, runtime.client, image)
-
-
-@pytest.fixture
-def run_id(engine: Engine) -> Iterator[str]:
-    """A label value of this test's own; no container with it may outlive the test."""
-    value = f"test-{uuid.uuid4().hex[:12]}"
-    yield value
-    leftovers = engine.containers(value)
-    for container in leftovers:
-        container.remove(force=True)
-    assert not leftovers, f"containers left behind: {[c.short_id for c in leftovers]}"
 
 
 def shell_spec(engine: Engine, run_id: str, script: str, **changes: Any) -> ContainerSpec:
@@ -204,14 +146,23 @@ def test_secret_reaches_the_container_but_not_argv_labels_or_logs(
     assert secret not in repr(exposed)
 
 
-def test_read_tree_streams_files_with_absolute_names(engine: Engine, run_id: str) -> None:
+def test_a_run_that_writes_nothing_changes_nothing(engine: Engine, run_id: str) -> None:
+    with engine.runtime.start(shell_spec(engine, run_id, "true")) as session:
+        assert session.wait(60, lambda line: None).exit_code == 0
+        assert session.changed_paths() == []
+
+
+def test_read_tree_streams_files_with_absolute_names(
+    engine: Engine, run_id: str, tmp_path: Path
+) -> None:
     script = (
         f"mkdir -p {TRITON}/KEYA {TRITON}/KEYB/sub && "
         f"printf 'kernel-a' > {TRITON}/KEYA/a.cubin && "
         f"head -c 3000000 /dev/urandom > {TRITON}/KEYB/sub/big.bin && "
         f"sha256sum {TRITON}/KEYB/sub/big.bin"
     )
-    spec = shell_spec(engine, run_id, script)
+    mount = Mount(str(tmp_path), "/opt/warmer-test/data")  # a mount point is no change
+    spec = shell_spec(engine, run_id, script, mounts=(mount,))
     with engine.runtime.start(spec) as session:
         outcome = session.wait(60, lambda line: None)
         files = {}
@@ -230,7 +181,7 @@ def test_read_tree_streams_files_with_absolute_names(engine: Engine, run_id: str
     assert hashlib.sha256(files[f"{TRITON}/KEYB/sub/big.bin"]).hexdigest() == big_digest
     assert TRITON in directories and f"{TRITON}/KEYB/sub" in directories
     assert {f"{TRITON}/KEYA/a.cubin", f"{TRITON}/KEYB/sub/big.bin"} <= set(changed)
-    assert not any(path.startswith(("/usr/sbin", "/run/podman-init")) for path in changed)
+    assert not any(path.startswith(("/usr/sbin", "/run/podman-init", "/opt")) for path in changed)
     assert missing == []
 
 

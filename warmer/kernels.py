@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from warmer.errors import UsageError, WarmerError
+from warmer.sqlite import connect, transaction
 from warmer.store.cas import digest_file
 from warmer.units import format_size
 
@@ -101,6 +102,10 @@ _SCHEMA = (
         PRIMARY KEY (source, location)
     ) WITHOUT ROWID""",
     "CREATE INDEX IF NOT EXISTS entries_by_name ON entries(source, status, name)",
+    # Covers the warm scan's (location, stamp) read and the stale count: a small B-tree
+    # instead of the table with its file lists.
+    "CREATE INDEX IF NOT EXISTS entries_by_location"
+    " ON entries(source, location, stamp, status, stale_group)",
 )
 #: Tables that hold real data (not derivable from the caches): kept across schema changes.
 _HIT_SCHEMA = (
@@ -261,7 +266,7 @@ _KERNEL_COLUMNS = ", ".join(
 )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, order=True)
 class EntryProblem:
     """An entry that is broken or not a kernel: `reason` groups them, `detail` says which."""
 
@@ -589,9 +594,7 @@ class KernelIndex:
         path = self.state / "kernels.sqlite"
         try:
             self.state.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(path, timeout=30, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db = connect(path)
             self._migrate()
         except (OSError, sqlite3.Error) as exc:
             raise WarmerError(f"kernel index {path}: {exc}") from exc
@@ -616,16 +619,8 @@ class KernelIndex:
             for statement in (*_SCHEMA, *_HIT_SCHEMA):
                 self._db.execute(statement)
 
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[None]:
-        """One write transaction, taken up front so that concurrent writers queue."""
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+    def _transaction(self) -> contextlib.AbstractContextManager[None]:
+        return transaction(self._db)
 
     # -- scanning ------------------------------------------------------------------------------
 
@@ -638,14 +633,12 @@ class KernelIndex:
             source_id = self._scan_store(str(source.location), source.store_root)
         else:
             source_id = self._scan_bundle(Path(source.location))
-        problems = tuple(
-            EntryProblem(location, reason, detail)
-            for location, reason, detail in self._db.execute(
-                "SELECT location, problem, detail FROM entries"
-                " WHERE source = ? AND status = 'problem' ORDER BY location",
-                (source_id,),
-            )
+        rows = self._db.execute(
+            "SELECT location, problem, detail FROM entries INDEXED BY entries_by_name"
+            " WHERE source = ? AND status = 'problem'",
+            (source_id,),
         )
+        problems = tuple(sorted(EntryProblem(*row) for row in rows))
         (stale,) = self._db.execute(
             "SELECT count(*) FROM entries WHERE source = ? AND status = 'kernel' AND stale_group",
             (source_id,),
@@ -654,17 +647,15 @@ class KernelIndex:
 
     def _source_id(self, key: str, fingerprint: str) -> tuple[int, bool]:
         """The row id of a source and whether its fingerprint is still the indexed one."""
-        row = self._db.execute(
-            "SELECT id, fingerprint FROM sources WHERE key = ?", (key,)
-        ).fetchone()
-        if row is not None:
-            return int(row[0]), row[1] == fingerprint
-        with self._transaction():
-            cursor = self._db.execute(
-                "INSERT INTO sources(key, fingerprint) VALUES (?, ?)", (key, "")
-            )
-        assert cursor.lastrowid is not None
-        return cursor.lastrowid, False
+        select = "SELECT id, fingerprint FROM sources WHERE key = ?"
+        row = self._db.execute(select, (key,)).fetchone()
+        if row is None:
+            with self._transaction():  # another process may be adding the same source
+                self._db.execute(
+                    "INSERT OR IGNORE INTO sources(key, fingerprint) VALUES (?, '')", (key,)
+                )
+                row = self._db.execute(select, (key,)).fetchone()
+        return int(row[0]), row[1] == fingerprint
 
     def _scan_dir(self, root: Path) -> int:
         if not root.is_dir():

@@ -6,19 +6,24 @@ import functools
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import click
 
 from warmer.cli.options import json_option, store_option
-from warmer.cli.output import console, emit_json, table
-from warmer.cli.store import _ago
+from warmer.cli.output import ago, console, emit_json, table
 from warmer.errors import UsageError, WarmerError
-from warmer.kernels import SORT_KEYS, KernelFilter
+from warmer.kernels import (
+    SORT_KEYS,
+    Kernel,
+    KernelFilter,
+    KernelIndex,
+    PrunePlan,
+    Source,
+    default_cache_dir,
+    plan_prune,
+)
 from warmer.units import format_size, parse_duration
-
-if TYPE_CHECKING:
-    from warmer.kernels import Kernel, PrunePlan, Source
 
 F = TypeVar("F", bound=Callable[..., object])
 
@@ -72,13 +77,17 @@ def _filter_options(function: F) -> F:
             metavar="AGE",
             help="Last used more recently than this, e.g. 2w.",
         ),
-        click.option("--hits-below", type=click.IntRange(min=0), metavar="N", help="Fewer hits."),
-        click.option("--hits-above", type=click.IntRange(min=0), metavar="N", help="More hits."),
         click.option(
-            "--cache-dir",
-            type=click.Path(file_okay=False, path_type=Path),
-            help="A Triton cache (or an Inductor or vLLM cache holding one) "
-            "[default: $TRITON_CACHE_DIR or ~/.triton/cache].",
+            "--hits-below",
+            type=click.IntRange(min=0),
+            metavar="N",
+            help="Fewer than N recorded hits.",
+        ),
+        click.option(
+            "--hits-above",
+            type=click.IntRange(min=0),
+            metavar="N",
+            help="More than N recorded hits.",
         ),
     ]
     for option in reversed(options):
@@ -86,10 +95,17 @@ def _filter_options(function: F) -> F:
     return command  # type: ignore[return-value]
 
 
+def _cache_dir_option(function: F) -> F:
+    return click.option(
+        "--cache-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        help="A Triton cache (or an Inductor or vLLM cache holding one) "
+        "[default: $TRITON_CACHE_DIR or ~/.triton/cache].",
+    )(function)
+
+
 def _source(argument: str | None, cache_dir: Path | None, store: Path | None) -> Source:
     """A bundle file, else a store ref; with neither, the cache directory."""
-    from warmer.kernels import Source, default_cache_dir
-
     if argument is not None and cache_dir is not None:
         raise UsageError("give --cache-dir or a REF/BUNDLE, not both")
     if argument is None:
@@ -120,7 +136,7 @@ def _table(kernels: list[Kernel]) -> None:
             k.kinds_str,
             format_size(k.size),
             k.hits,
-            _ago(k.last_used),
+            ago(k.last_used),
         )
         for k in kernels
     ]
@@ -142,6 +158,7 @@ def kernels() -> None:
 
 @kernels.command("ls")
 @click.argument("source", required=False, metavar="[REF|BUNDLE]")
+@_cache_dir_option
 @_filter_options
 @click.option(
     "--sort",
@@ -163,8 +180,6 @@ def ls(
     kernel_filter: KernelFilter,
 ) -> None:
     """List the kernels of a cache directory, a store snapshot (REF) or a BUNDLE."""
-    from warmer.kernels import KernelIndex
-
     where = _source(source, cache_dir, store)
     with KernelIndex() as index:
         scan = index.scan(where)
@@ -183,6 +198,7 @@ def ls(
 
 @kernels.command("prune")
 @click.argument("ids", nargs=-1, metavar="[ID]...")
+@_cache_dir_option
 @_filter_options
 @click.option("--full", is_flag=True, help="Remove whole entries, not only their IR.")
 @click.option(
@@ -207,8 +223,6 @@ def prune(
 
     By default only the IR goes (.source .ttir .ttgir .llir): every kernel still loads.
     """
-    from warmer.kernels import KernelIndex, plan_prune
-
     not_ids = [value for value in ids if not _KERNEL_ID_RE.match(value)]
     if not_ids:
         raise UsageError(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -12,18 +13,26 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 from rich.table import Table
 
+from warmer.units import format_duration
+
 #: Messages, progress and logs: stderr, markup off so user strings print as they are.
 console = Console(stderr=True, markup=False, highlight=False)
 #: Data for people (tables, `-q` ids): stdout, so that commands compose.
-data_console = Console(
-    markup=False, highlight=False, width=None if sys.stdout.isatty() else 4096
-)
+data_console = Console(markup=False, highlight=False, width=None if sys.stdout.isatty() else 4096)
 
 
 def emit_json(document: Any) -> None:
-    """Print one JSON document on stdout and nothing else."""
-    sys.stdout.write(json.dumps(document, indent=2, sort_keys=True, default=str) + "\n")
+    """Print one JSON document on stdout and nothing else (indented only for a terminal:
+    indenting switches Python to its slow pure-Python encoder)."""
+    indent = 2 if sys.stdout.isatty() else None
+    sys.stdout.write(json.dumps(document, indent=indent, sort_keys=True, default=str) + "\n")
     sys.stdout.flush()
+
+
+def ago(epoch: float) -> str:
+    """`3d ago` for people; under a minute reads `just now`."""
+    elapsed = time.time() - epoch
+    return "just now" if elapsed < 60 else f"{format_duration(elapsed)} ago"
 
 
 def table(

@@ -31,7 +31,11 @@ from warmer.units import format_duration, format_size
     show_default=True,
     help="Directory for the bundles.",
 )
-@click.option("--verify", is_flag=True, help="Rerun from the bundle in a fresh container: hit rate, cold vs warm.")
+@click.option(
+    "--verify",
+    is_flag=True,
+    help="Rerun from the bundle in a fresh container: hit rate, cold vs warm.",
+)
 @click.option("--format", "fmt", type=click.Choice(["zst", "gz"]), default="zst", show_default=True)
 @click.option("-q", "--quiet", is_flag=True, help="Do not stream the warm-up's log lines.")
 @store_option
@@ -74,7 +78,9 @@ def run(
     results: list[dict[str, Any]] = []
     failures = 0
     for job in jobs:
-        console.print(f"[{job.name}] {runtime}: {job.image or 'this host'} ({job.engine.kind}, {job.backend})")
+        console.print(
+            f"[{job.name}] {runtime}: {job.image or 'this host'} ({job.engine.kind}, {job.backend})"
+        )
         started = time.monotonic()
         try:
             result = runner.run(job, verify=verify)

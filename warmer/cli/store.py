@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -11,7 +10,7 @@ from typing import TYPE_CHECKING
 import click
 
 from warmer.cli.options import json_option, store_option
-from warmer.cli.output import console, emit_json, table
+from warmer.cli.output import ago, console, emit_json, table
 from warmer.config import default_max_store_size
 from warmer.errors import BundleError, StoreError, UsageError
 from warmer.units import format_duration, format_size, parse_duration, parse_size
@@ -28,12 +27,6 @@ def _open_store(root: Path | None) -> Store:
     from warmer.store import Store
 
     return Store(root)
-
-
-def _ago(epoch: float) -> str:
-    """`3d ago` for people; under a minute reads `just now`."""
-    elapsed = time.time() - epoch
-    return "just now" if elapsed < 60 else f"{format_duration(elapsed)} ago"
 
 
 def _snapshot_json(info: SnapshotInfo) -> dict[str, object]:
@@ -65,7 +58,7 @@ def ls(quiet: bool, store: Path | None, as_json: bool) -> None:
         console.print(f"No snapshots in {opened.root}.")
     else:
         rows = [
-            (info.ref, info.short_id, info.files, format_size(info.size), _ago(info.last_access))
+            (info.ref, info.short_id, info.files, format_size(info.size), ago(info.last_access))
             for info in infos
         ]
         plural = "" if len(infos) == 1 else "s"
@@ -134,8 +127,8 @@ def show(ref: str, list_files: bool, store: Path | None, as_json: bool) -> None:
         ("env", env),
         ("job", job_name or "-"),
         ("verify", _describe_verify(manifest.verify)),
-        ("created", _ago(info.created)),
-        ("last used", _ago(info.last_access)),
+        ("created", ago(info.created)),
+        ("last used", ago(info.last_access)),
         ("pinned", "yes" if info.pinned else "no"),
     ]
     for label, value in fields:
@@ -249,7 +242,7 @@ def prune(
         if not as_json and plan.refs:
             table(
                 ["REF", "ID", "SIZE", "LAST USED"],
-                [(i.ref, i.short_id, format_size(i.size), _ago(i.last_access)) for i in plan.refs],
+                [(i.ref, i.short_id, format_size(i.size), ago(i.last_access)) for i in plan.refs],
                 right=["SIZE"],
             )
         if not plan.refs or dry_run:

@@ -43,8 +43,18 @@ _PROBE_TIMEOUT_S = 5
 #: Device nodes a ROCm container needs, and the groups that own them on a typical host.
 ROCM_DEVICES = ("/dev/kfd", "/dev/dri")
 ROCM_GROUPS = ("video", "render")
-#: What an engine adds to every container it starts with `init=True` (Docker, Podman).
-ENGINE_FILES = frozenset({"/usr/sbin/docker-init", "/run/podman-init"})
+#: What an engine puts into every container itself: the init binary (`init=True`) and the
+#: files it bind-mounts (Podman's diff shows /etc as modified because of them).
+ENGINE_FILES = frozenset(
+    {
+        "/usr/sbin/docker-init",
+        "/run/podman-init",
+        "/run/.containerenv",
+        "/etc/hosts",
+        "/etc/hostname",
+        "/etc/resolv.conf",
+    }
+)
 
 
 def default_docker_url() -> str:
@@ -199,9 +209,10 @@ def host_device_groups() -> list[str]:
 class DockerSession:
     """One started container; it stays on the engine after it stops, until `start` exits."""
 
-    def __init__(self, container: Any, secret_values: Iterable[str]) -> None:
+    def __init__(self, container: Any, spec: ContainerSpec, secret_values: Iterable[str]) -> None:
         self.container = container
         self._mask = masker(secret_values)
+        self._mount_targets = frozenset(posixpath.normpath(m.target) for m in spec.mounts)
         self._started = time.monotonic()
 
     def wait(self, deadline_s: float, on_line: Callable[[str], None]) -> RunOutcome:
@@ -271,15 +282,17 @@ class DockerSession:
 
     def changed_paths(self) -> list[str]:
         """Paths the container added (kind 1) or modified (kind 0), from the engine's diff,
-        less the init binary the engine itself put there (and its otherwise unchanged parents)."""
+        less what the engine made itself: the init binary, the mount points, and parents
+        that changed only to hold them."""
         changed = {c["Path"] for c in self.container.diff() or [] if c["Kind"] in (0, 1)}
-        for injected in ENGINE_FILES & changed:
-            changed.discard(injected)
-            parent = posixpath.dirname(injected)
-            while parent != "/" and not any(p.startswith(parent + "/") for p in changed):
-                changed.discard(parent)
+        injected = ENGINE_FILES | self._mount_targets
+        kept = {p for p in changed if not any(p == i or p.startswith(i + "/") for i in injected)}
+        for path in injected:
+            parent = posixpath.dirname(path)
+            while parent != "/" and not any(p.startswith(parent + "/") for p in kept):
+                kept.discard(parent)
                 parent = posixpath.dirname(parent)
-        return sorted(changed)
+        return sorted(kept)
 
     def read_tree(self, path: str) -> Iterator[tuple[tarfile.TarInfo, BinaryIO | None]]:
         """Stream `path` out of the container as a tar, no temporary copy; members renamed to
@@ -365,7 +378,7 @@ class DockerRuntime:
             if preload is not None:
                 container.put_archive("/", iter(preload))  # an iterator: sent chunked
             container.start()
-            yield DockerSession(container, secrets.values())
+            yield DockerSession(container, spec, secrets.values())
         finally:
             self._remove(container)
 

@@ -12,12 +12,13 @@ import contextlib
 import functools
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from warmer.errors import StoreError
+from warmer.sqlite import connect, transaction
 from warmer.store.manifest import Manifest
 
 P = ParamSpec("P")
@@ -105,14 +106,7 @@ class Index:
     def __init__(self, path: Path, *, busy_timeout: float) -> None:
         self._guard = threading.RLock()
         try:
-            self._db = sqlite3.connect(
-                path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
-            )
-            self._db.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-            self._db.execute("PRAGMA journal_mode = WAL")
-            # With WAL, NORMAL is safe against a killed process; only power loss may lose the
-            # last commits, never consistency.
-            self._db.execute("PRAGMA synchronous = NORMAL")
+            self._db = connect(path, busy_timeout=busy_timeout, any_thread=True)
             with self._transaction():
                 version = self._db.execute("PRAGMA user_version").fetchone()[0]
                 if version > SCHEMA_VERSION:
@@ -257,13 +251,5 @@ class Index:
             (snapshot, snapshot),
         )
 
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[None]:
-        """One write transaction; IMMEDIATE takes the write lock up front (no upgrade deadlock)."""
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+    def _transaction(self) -> contextlib.AbstractContextManager[None]:
+        return transaction(self._db)

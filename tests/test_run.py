@@ -1,0 +1,207 @@
+"""`warmer run` end to end: a real container (or the local runtime) warms a real model.
+
+Each test runs the real `warmer` entry point in a subprocess, as a user would.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from conftest import REPO, Engine
+
+from warmer.bundle import open_bundle, read_manifest
+from warmer.store import Store
+
+SMALL_MODEL = {
+    "kind": "torch-compile",
+    "model": "warmer.agent.examples:tiny_transformer",
+    "args": {"layers": 1, "dim": 32, "heads": 2},
+}
+SMALL_INPUTS = {"inputs": [{"shape": [1, 8, 32]}, {"shape": [2, 16, 32]}]}
+
+
+def write_job(tmp_path: Path, runtime: Engine | None, /, **fields: Any) -> Path:
+    job = {
+        "version": 1,
+        "name": "small",
+        "image": runtime.image if runtime else "warmer-cpu:py3.11-torch2.13.0",
+        "backend": "cpu",
+        "engine": SMALL_MODEL,
+        "warmup": SMALL_INPUTS,
+        "timeout": "10m",
+        **fields,
+    }
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(job))
+    return path
+
+
+def warmer(
+    *args: str, tmp_path: Path, engine: Engine | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The real `warmer` command, with the store and engine of this test."""
+    environ = {**os.environ, "WARMER_STORE": str(tmp_path / "store"), **(env or {})}
+    if engine is not None and engine.runtime.name == "podman":
+        args = (*args, "--runtime", "podman")
+    elif engine is not None:
+        args = (*args, "--runtime", "docker")
+    return subprocess.run(
+        [sys.executable, "-c", "from warmer.cli import main; main()", *args],
+        capture_output=True,
+        text=True,
+        env=environ,
+        cwd=REPO,
+        timeout=900,
+        check=False,
+    )
+
+
+def leftovers(engine: Engine, job: str) -> list[Any]:
+    return list(engine.client.containers.list(all=True, filters={"label": f"warmer.job={job}"}))
+
+
+@pytest.mark.docker
+def test_run_verify_in_a_container_hits_and_publishes(engine: Engine, tmp_path: Path) -> None:
+    job = write_job(tmp_path, engine)
+    out = tmp_path / "dist"
+    done = warmer(
+        "run", str(job), "--verify", "--out", str(out), "--json", tmp_path=tmp_path, engine=engine
+    )
+    assert done.returncode == 0, done.stderr
+    document = json.loads(done.stdout)
+    [result] = document["jobs"]
+    assert result["ok"] and result["files"] > 0 and result["bytes"] > 0
+    verify = result["verify"]
+    assert verify["hit_rate"] == 1.0, verify
+    assert verify["misses"] == 0 and verify["warm_s"] < verify["cold_s"]
+    bundle = Path(result["bundle"])
+    assert bundle.parent == out and bundle.name.startswith("small__torch2.13.0-cpu")
+    manifest = read_manifest(bundle)
+    assert manifest.verify is not None and manifest.verify["hit_rate"] == 1.0
+    kinds = {entry.kind for entry in manifest.files}
+    assert kinds == {"inductor"}
+    # recorded where the image's runtime looks: the container's default Inductor root
+    assert all(e.path.startswith("/tmp/torchinductor_root/") for e in manifest.files)
+    assert any("/precompiled_headers/" in e.path for e in manifest.files)
+    assert not [p for p in result["unclassified"] if p.startswith("/tmp/torchinductor")]
+    with Store(tmp_path / "store") as store:
+        assert [info.ref for info in store.list()] == [result["ref"]]
+    assert leftovers(engine, "small") == []
+    assert "small" in done.stderr and "warm-up" in done.stderr  # progress for people
+
+
+@pytest.mark.docker
+def test_a_failing_job_exits_3_shows_the_log_and_publishes_nothing(
+    engine: Engine, tmp_path: Path
+) -> None:
+    job = write_job(tmp_path, engine, engine={**SMALL_MODEL, "model": "no_such_module:factory"})
+    out = tmp_path / "dist"
+    done = warmer("run", str(job), "--out", str(out), tmp_path=tmp_path, engine=engine)
+    assert done.returncode == 3, done.stderr
+    assert "FAILED" in done.stderr and "no_such_module" in done.stderr
+    assert "last lines of the log" in done.stderr
+    assert not out.exists() or list(out.iterdir()) == []
+    with Store(tmp_path / "store") as store:
+        assert store.list() == []
+    assert leftovers(engine, "small") == []
+
+
+@pytest.mark.docker
+def test_a_job_past_its_deadline_is_stopped_and_removed(engine: Engine, tmp_path: Path) -> None:
+    job = write_job(
+        tmp_path,
+        engine,
+        engine={"kind": "command", "command": ["sleep", "600"]},
+        warmup={},
+        timeout="3s",
+    )
+    done = warmer(
+        "run", str(job), "--out", str(tmp_path / "dist"), tmp_path=tmp_path, engine=engine
+    )
+    assert done.returncode == 3, done.stderr
+    assert "timed out" in done.stderr
+    assert leftovers(engine, "small") == []
+
+
+@pytest.mark.docker
+def test_secrets_reach_the_job_but_no_output(engine: Engine, tmp_path: Path) -> None:
+    secret = "s3cr3t-value-0451"
+    digest = hashlib.sha256(secret.encode()).hexdigest()
+    script = (  # the spec holds only the secret's hash, so any leak of the value is warmer's
+        f'test "$(printf %s "$WARMER_TEST_TOKEN" | sha256sum | cut -d" " -f1)" = {digest} && '
+        'echo "token=$WARMER_TEST_TOKEN" && '
+        "mkdir -p /root/.triton/cache/KEY && echo kernel > /root/.triton/cache/KEY/k.cubin"
+    )
+    job = write_job(
+        tmp_path,
+        engine,
+        engine={"kind": "command", "command": ["bash", "-c", script]},
+        warmup={},
+        secrets=["WARMER_TEST_TOKEN"],
+    )
+    out = tmp_path / "dist"
+    done = warmer(
+        "run",
+        str(job),
+        "--out",
+        str(out),
+        "--json",
+        tmp_path=tmp_path,
+        engine=engine,
+        env={"WARMER_TEST_TOKEN": secret},
+    )
+    assert done.returncode == 0, done.stderr
+    assert "token=***" in done.stderr and secret not in done.stderr + done.stdout
+    bundle = Path(json.loads(done.stdout)["jobs"][0]["bundle"])
+    assert secret.encode() not in bundle.read_bytes()
+    with open_bundle(bundle) as opened:
+        assert "WARMER_TEST_TOKEN" in json.dumps(opened.manifest.job)
+        assert secret not in json.dumps(opened.manifest.job)
+        files = {entry.path: reader.read_all() for entry, reader in opened.files()}
+    assert files == {"/root/.triton/cache/KEY/k.cubin": b"kernel\n"}
+
+    missing = warmer("run", str(job), "--out", str(out), tmp_path=tmp_path, engine=engine)
+    assert missing.returncode == 2 and "WARMER_TEST_TOKEN" in missing.stderr
+
+
+def test_an_invalid_spec_exits_2_before_anything_starts(tmp_path: Path) -> None:
+    job = write_job(tmp_path, None, warmup={"inputs": [{"shape": [1, 0, 32]}]})
+    done = warmer("run", str(job), "--runtime", "local", tmp_path=tmp_path)
+    assert done.returncode == 2
+    assert "warmup.inputs[0].shape" in done.stderr
+    assert not (tmp_path / "store").exists()
+
+
+def test_local_runtime_records_default_paths_and_verifies(tmp_path: Path) -> None:
+    """No engine needed: a subprocess with fresh cache directories, recorded at the defaults."""
+    job = write_job(tmp_path, None)
+    out = tmp_path / "dist"
+    done = warmer(
+        "run",
+        str(job),
+        "--runtime",
+        "local",
+        "--verify",
+        "--out",
+        str(out),
+        "--json",
+        tmp_path=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    [result] = json.loads(done.stdout)["jobs"]
+    assert result["verify"]["hit_rate"] == 1.0, result["verify"]
+    manifest = read_manifest(Path(result["bundle"]))
+    import getpass
+    import tempfile
+
+    default = os.path.join(tempfile.gettempdir(), f"torchinductor_{getpass.getuser()}")
+    assert manifest.files and all(e.path.startswith(default + "/") for e in manifest.files)
+    assert not list(Path(tempfile.gettempdir()).glob("warmer-local-*"))
