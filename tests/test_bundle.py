@@ -126,6 +126,9 @@ def hostile_cases(tmp_path: Path) -> dict[str, Path]:
     truncated = tmp_path / "truncated.tar.zst"
     truncated.write_bytes(data[: len(data) // 2])
     paths["truncated"] = truncated
+    gz = write_bundle(manifest, opener(FILES), tmp_path / "whole.tar.gz", "gz").read_bytes()
+    paths["truncated-gz"] = tmp_path / "truncated.tar.gz"
+    paths["truncated-gz"].write_bytes(gz[: len(gz) - 100])
     garbage = tmp_path / "garbage.tar.zst"
     garbage.write_bytes(b"\x28\xb5\x2f\xfd" + os.urandom(4096))
     paths["garbage"] = garbage

@@ -179,3 +179,30 @@ def test_save_cli_json_and_kinds(triton_cache: Path, tmp_path: Path) -> None:
     assert empty.exit_code == 2 and "no compile cache files" in empty.output
     bad = CliRunner().invoke(cli, ["save", "--kinds", "nonsense", "--out", str(out)], env=env)
     assert bad.exit_code == 2 and "unknown cache kind" in bad.output
+
+
+def test_export_import_between_stores(triton_cache: Path, tmp_path: Path) -> None:
+    _bundle, manifest = saved_triton(triton_cache, tmp_path)
+    runner = CliRunner()
+    first = ["--store", str(tmp_path / "store")]
+    exported = runner.invoke(
+        cli, ["export", manifest.ref, "-o", str(tmp_path / "x.tar.gz"), *first, "--json"]
+    )
+    assert exported.exit_code == 0, exported.output
+    path = Path(json.loads(exported.stdout)["bundle"])
+    assert path.name == "x.tar.gz" and path.read_bytes()[:2] == b"\x1f\x8b"
+
+    second = ["--store", str(tmp_path / "other")]
+    imported = runner.invoke(cli, ["import", str(path), *second, "--json"])
+    assert imported.exit_code == 0, imported.output
+    assert json.loads(imported.stdout)["ref"] == manifest.ref
+    with Store(tmp_path / "other") as other:
+        assert other.resolve(manifest.ref)[1] == manifest
+        assert other.verify().problems == []
+
+    broken = tmp_path / "broken.tar.gz"
+    broken.write_bytes(path.read_bytes()[:-200])
+    refused = runner.invoke(cli, ["import", str(broken), "--store", str(tmp_path / "third")])
+    assert refused.exit_code == 2, refused.output
+    with Store(tmp_path / "third") as third:
+        assert third.list() == []

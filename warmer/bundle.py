@@ -199,7 +199,12 @@ class VerifiedReader(io.RawIOBase):
         return True
 
     def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
-        data = self._stream.read(len(buffer))
+        try:
+            data = self._stream.read(len(buffer))
+        except Exception as exc:  # gzip's EOFError, tarfile's ReadError, zstandard's errors
+            raise BundleError(
+                f"{self._bundle}: {self.entry.path}: corrupt or truncated bundle ({exc})"
+            ) from None
         count = len(data)
         buffer[:count] = data
         self._hasher.update(data)

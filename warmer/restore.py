@@ -12,8 +12,10 @@ from __future__ import annotations
 import contextlib
 import os
 import posixpath
-import tempfile
+import secrets
+import threading
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -25,6 +27,10 @@ from warmer.harvest import relocate
 from warmer.store.cas import digest_file
 from warmer.store.manifest import Manifest
 
+#: Members up to this size are read whole and written by the pool; larger ones are streamed.
+_IN_MEMORY = 16 << 20
+#: At most this many bytes wait in memory for the pool.
+_IN_FLIGHT_BYTES = 256 << 20
 #: progress(files_done, bytes_done, files_total, bytes_total)
 RestoreProgress = Callable[[int, int, int, int], None]
 
@@ -48,13 +54,6 @@ class RestoreReport:
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
-
-
-@dataclass
-class _Staged:
-    temp: str
-    destination: str
-    mode: int
 
 
 def destination_of(path: str, root: str, mapping: Mapping[str, str]) -> str:
@@ -98,10 +97,8 @@ def restore(
     root_dir = os.path.abspath(root)
     if not dry_run and not os.path.isdir(root_dir):
         raise UsageError(f"--root {root_dir}: no such directory")
-    staged: list[_Staged] = []
-    created_dirs: list[str] = []
+    installer = _Installer()
     written = bytes_written = skipped = rewritten = 0
-    installed = False
     try:
         with open_bundle(bundle_path) as bundle:
             manifest = bundle.manifest
@@ -109,17 +106,20 @@ def restore(
             total_files, total_bytes, done_bytes = len(manifest.files), manifest.total_size, 0
             for index, (entry, reader) in enumerate(bundle.files(), start=1):
                 destination = destination_of(entry.path, root_dir, mapping)
-                group_dir = os.path.dirname(destination)
-                if is_triton_group(entry.path):
-                    original = reader.read_all()
-                    data = rewrite_group(original, group_dir) or original
-                    if data is not original:
-                        rewritten += 1
-                    identical = _same_bytes(destination, data)
-                else:
-                    identical = _same_file(destination, entry.size, entry.digest)
-                    data = None
-                if identical:
+                if entry.size <= _IN_MEMORY:
+                    data = reader.read_all()
+                    if is_triton_group(entry.path):
+                        moved = rewrite_group(data, os.path.dirname(destination))
+                        rewritten += moved is not None
+                        data = moved or data
+                    if dry_run:
+                        identical = _same_bytes(destination, data)
+                        skipped += identical
+                        written += not identical
+                        bytes_written += 0 if identical else len(data)
+                    else:
+                        installer.write(destination, data, entry.mode)
+                elif _same_file(destination, entry.size, entry.digest):
                     reader.finish()
                     skipped += 1
                 elif dry_run:
@@ -127,21 +127,16 @@ def restore(
                     written += 1
                     bytes_written += entry.size
                 else:
-                    _stage(_Staged("", destination, entry.mode), data, reader, staged, created_dirs)
-                    written += 1
-                    bytes_written += entry.size if data is None else len(data)
+                    installer.stream(destination, reader, entry.mode)
                 done_bytes += entry.size
                 if progress:
                     progress(index, done_bytes, total_files, total_bytes)
-        for item in staged:
-            os.chmod(item.temp, item.mode)
-            os.replace(item.temp, item.destination)
-        installed = True
+        if not dry_run:
+            written, bytes_written, skipped = installer.commit()
     except PermissionError as exc:
         raise WarmerError(f"cannot write under {root_dir}: {exc}") from None
     finally:
-        if not installed:
-            _discard(staged, created_dirs)
+        installer.close()
     return RestoreReport(
         bundle=str(bundle_path),
         root=root_dir,
@@ -175,47 +170,106 @@ def _same_bytes(path: str, data: bytes) -> bool:
         return False
 
 
-def _stage(
-    item: _Staged,
-    data: bytes | None,
-    reader: VerifiedReader,
-    staged: list[_Staged],
-    created_dirs: list[str],
-) -> None:
-    """Write one file to a temp name beside its destination; renamed only once all verified.
+class _Installer:
+    """Writes verified files to temp names beside their destinations, on a thread pool (file
+    creation, not decompression, is what costs on most disks); `commit` renames them all into
+    place, `close` without a commit removes every temp file and directory it made."""
 
-    The temp file is registered before a byte is written, so a failure anywhere removes it.
-    """
-    directory = os.path.dirname(item.destination)
-    _makedirs(directory, created_dirs)
-    if os.path.isdir(item.destination) and not os.path.islink(item.destination):
-        raise BundleError(f"{item.destination} is a directory here: refused to replace it")
-    fd, item.temp = tempfile.mkstemp(prefix=".warmer-", suffix=".tmp", dir=directory)
-    staged.append(item)
-    with os.fdopen(fd, "wb") as out:
-        if data is not None:
-            out.write(data)
-        else:
+    _WORKERS = 8
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(self._WORKERS)
+        self._pending: list[Future[tuple[int, int]]] = []
+        self._budget = threading.BoundedSemaphore(_IN_FLIGHT_BYTES // _IN_MEMORY)
+        self._lock = threading.Lock()
+        self._staged: list[tuple[str, str]] = []
+        self._created_dirs: list[str] = []
+        self._known_dirs: set[str] = set()
+        self._umask = _current_umask()
+        self._committed = False
+
+    def write(self, destination: str, data: bytes, mode: int) -> None:
+        """Stage `data` (already verified) in the background, unless identical there."""
+        self._budget.acquire()
+        future = self._pool.submit(self._write, destination, data, mode)
+        future.add_done_callback(lambda _f: self._budget.release())
+        self._pending.append(future)
+
+    def stream(self, destination: str, reader: VerifiedReader, mode: int) -> None:
+        """Stage a large member from the bundle stream, here (the stream is sequential)."""
+        fd = self._create(destination, mode)
+        with os.fdopen(fd, "wb") as out:
             while chunk := reader.read(1 << 20):
                 out.write(chunk)
             reader.finish()
+        self._pending.append(_done((1, reader.entry.size)))
+
+    def _write(self, destination: str, data: bytes, mode: int) -> tuple[int, int]:
+        if _same_bytes(destination, data):
+            return 0, 0
+        fd = self._create(destination, mode)
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        return 1, len(data)
+
+    def _create(self, destination: str, mode: int) -> int:
+        """A new temp file beside `destination`, registered before a byte is written."""
+        directory = os.path.dirname(destination)
+        self._makedirs(directory)
+        if os.path.isdir(destination) and not os.path.islink(destination):
+            raise BundleError(f"{destination} is a directory here: refused to replace it")
+        temp = os.path.join(directory, f".warmer-{secrets.token_hex(8)}.tmp")
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+        with self._lock:
+            self._staged.append((temp, destination))
+        if mode & ~self._umask != mode:
+            os.fchmod(fd, mode)
+        return fd
+
+    def _makedirs(self, directory: str) -> None:
+        with self._lock:
+            if directory in self._known_dirs:
+                return
+            missing: list[str] = []
+            current = directory
+            while not os.path.isdir(current):
+                missing.append(current)
+                current = os.path.dirname(current)
+            for path in reversed(missing):
+                os.mkdir(path, 0o755)
+                self._created_dirs.append(path)
+            self._known_dirs.add(directory)
+
+    def commit(self) -> tuple[int, int, int]:
+        """Wait for every write (the first error is raised), then rename all into place.
+
+        Returns (written, bytes written, skipped as identical).
+        """
+        results = [future.result() for future in self._pending]
+        list(self._pool.map(lambda item: os.replace(*item), self._staged))
+        self._committed = True
+        written = sum(count for count, _ in results)
+        return written, sum(size for _, size in results), len(results) - written
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._committed:
+            return
+        for temp, _destination in self._staged:
+            Path(temp).unlink(missing_ok=True)
+        for directory in reversed(self._created_dirs):
+            with contextlib.suppress(OSError):
+                os.rmdir(directory)
 
 
-def _makedirs(directory: str, created_dirs: list[str]) -> None:
-    missing: list[str] = []
-    current = directory
-    while not os.path.isdir(current):
-        missing.append(current)
-        current = os.path.dirname(current)
-    for path in reversed(missing):
-        os.mkdir(path, 0o755)
-        created_dirs.append(path)
+def _done(result: tuple[int, int]) -> Future[tuple[int, int]]:
+    future: Future[tuple[int, int]] = Future()
+    future.set_result(result)
+    return future
 
 
-def _discard(staged: list[_Staged], created_dirs: list[str]) -> None:
-    """Remove what a failed restore staged: temp files, then the directories it made."""
-    for item in staged:
-        Path(item.temp).unlink(missing_ok=True)
-    for directory in reversed(created_dirs):
-        with contextlib.suppress(OSError):
-            os.rmdir(directory)
+def _current_umask() -> int:
+    """The process umask (read once, on the calling thread: reading it means setting it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

@@ -295,8 +295,9 @@ class Runner:
         """A fresh run with the bundle preloaded: hit rate and cold vs warm compile time."""
         started = time.monotonic()
         warm, _ = self.run_pass(job, spec, preload=tar_chunks(manifest, self.store))
-        cold_s = float((cold.get("timings") or {}).get("compile_s") or 0.0)
-        warm_s = float((warm.get("timings") or {}).get("compile_s") or 0.0)
+        cold_timings, warm_timings = cold.get("timings") or {}, warm.get("timings") or {}
+        cold_s = float(cold_timings.get("compile_s") or 0.0)
+        warm_s = float(warm_timings.get("compile_s") or 0.0)
         return {
             "hit_rate": hit_rate(warm),
             "hits": int(warm.get("hits") or 0),
@@ -304,6 +305,8 @@ class Runner:
             "cold_s": round(cold_s, 3),
             "warm_s": round(warm_s, 3),
             "speedup": round(cold_s / warm_s, 2) if warm_s > 0 else None,
+            "cold_import_s": cold_timings.get("import_s"),
+            "warm_import_s": warm_timings.get("import_s"),
             "counters": warm.get("counters") or {},
             "_seconds": time.monotonic() - started,
         }

@@ -62,6 +62,8 @@ class ObjectStore:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
+        #: shard directories known to exist: one mkdir per shard, not per object
+        self._shards: set[Path] = set()
 
     def path(self, digest: str) -> Path:
         if not is_digest(digest):
@@ -138,7 +140,7 @@ class ObjectStore:
     def _temp_file(self, digest: str | None) -> Iterator[tuple[Path, BinaryIO]]:
         """A temp file in the shard of `digest` (any shard when unknown), removed on failure."""
         shard = self.path(digest).parent if digest else self.root / secrets.token_hex(1)
-        shard.mkdir(parents=True, exist_ok=True)
+        self._ensure_shard(shard)
         temp = shard / f"{TEMP_PREFIX}{secrets.token_hex(8)}"
         try:
             with open(temp, "xb") as handle:
@@ -147,11 +149,16 @@ class ObjectStore:
             with contextlib.suppress(FileNotFoundError):
                 temp.unlink()
 
+    def _ensure_shard(self, shard: Path) -> None:
+        if shard not in self._shards:
+            shard.mkdir(parents=True, exist_ok=True)
+            self._shards.add(shard)
+
     def _install(self, temp: Path, handle: BinaryIO, digest: str) -> None:
         """Make the temp file durable and read-only, then give it its final name."""
         handle.flush()
         os.fsync(handle.fileno())
         os.fchmod(handle.fileno(), 0o444)
         target = self.path(digest)
-        target.parent.mkdir(exist_ok=True)
+        self._ensure_shard(target.parent)
         os.replace(temp, target)

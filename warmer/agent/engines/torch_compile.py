@@ -61,7 +61,7 @@ def run(job: Mapping[str, Any], progress: Progress) -> Outcome:
     )
     tensors = [make_input(torch, spec, seed, device) for seed, spec in enumerate(inputs)]
     if (options.get("backend") or "inductor") == "inductor":
-        prepare_inductor(torch, on_gpu)
+        prepare_inductor()
     import_s = time.perf_counter() - started
     megacache = MegaCache.from_environment()
     megacache_load_s = megacache.load(torch) if megacache else None
@@ -129,19 +129,14 @@ class MegaCache:
                 out.write(artifacts[0])
 
 
-def prepare_inductor(torch: Any, on_gpu: bool) -> None:
-    """Inductor's per-process start-up, which it would otherwise do inside the first call.
+def prepare_inductor() -> None:
+    """Import Inductor's modules, which it would otherwise import inside the first call.
 
-    Its modules load lazily, and on CPU it probes the vector ISAs by loading test libraries
-    in child processes (~1-2 s). Both cost the same cold or warm, cache or no cache, so they
-    are timed as start-up (import_s), not as compilation.
+    An import costs the same cold or warm, so it is timed with the imports (import_s). Its
+    CPU vector-ISA check is NOT done here: on a cold start that check compiles test
+    programs (work a cache saves), so it stays inside the compile time.
     """
     import torch._inductor.compile_fx  # noqa: F401
-
-    if not on_gpu:
-        from torch._inductor import cpu_vec_isa
-
-        cpu_vec_isa.valid_vec_isa_list()
 
 
 def load_factory(reference: str) -> Callable[..., Any]:
