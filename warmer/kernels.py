@@ -755,19 +755,40 @@ class KernelIndex:
         now: float | None = None,
     ) -> list[Kernel]:
         """The kernels of a scanned source that pass `kernel_filter`, in `sort` order."""
+        rows = self._select(
+            f"{_KERNEL_COLUMNS}, coalesce(h.count, 0), h.last_access",
+            scan,
+            kernel_filter,
+            sort,
+            now,
+        )
+        root = os.path.realpath(scan.source.location) if scan.source.kind == "dir" else None
+        return [_kernel(row, root) for row in rows]
+
+    def kernel_ids(
+        self, scan: Scan, kernel_filter: KernelFilter | None = None, sort: str = "name"
+    ) -> list[str]:
+        """Only the keys of what `kernels` would return (for `ls -q`: no rows to build)."""
+        return [row[0] for row in self._select("e.hash", scan, kernel_filter, sort, None)]
+
+    def _select(
+        self,
+        columns: str,
+        scan: Scan,
+        kernel_filter: KernelFilter | None,
+        sort: str,
+        now: float | None,
+    ) -> sqlite3.Cursor:
         if sort not in _SORTS:
             raise UsageError(f"unknown sort {sort!r}; use one of {', '.join(SORT_KEYS)}")
         where, parameters = _where(
             kernel_filter or KernelFilter(), time.time() if now is None else now
         )
-        rows = self._db.execute(
-            f"SELECT {_KERNEL_COLUMNS}, coalesce(h.count, 0), h.last_access"
-            " FROM entries e LEFT JOIN hits h ON h.hash = e.hash"
+        return self._db.execute(
+            f"SELECT {columns} FROM entries e LEFT JOIN hits h ON h.hash = e.hash"
             f" WHERE e.source = ? AND e.status = 'kernel'{where} ORDER BY {_SORTS[sort]}",
             (scan.source_id, *parameters),
         )
-        root = os.path.realpath(scan.source.location) if scan.source.kind == "dir" else None
-        return [_kernel(row, root) for row in rows]
 
     # -- hits ----------------------------------------------------------------------------------
 

@@ -95,8 +95,8 @@ def restore(
     bundle_path = Path(path)
     mapping = dict(mapping or {})
     root_dir = os.path.abspath(root)
-    if not dry_run and not os.path.isdir(root_dir):
-        raise UsageError(f"--root {root_dir}: no such directory")
+    if os.path.exists(root_dir) and not os.path.isdir(root_dir):
+        raise UsageError(f"--root {root_dir}: not a directory")
     installer = _Installer()
     written = bytes_written = skipped = rewritten = 0
     try:

@@ -183,13 +183,17 @@ def ls(
     where = _source(source, cache_dir, store)
     with KernelIndex() as index:
         scan = index.scan(where)
-        found = index.kernels(scan, kernel_filter, sort)
-    if as_json:
+        if quiet and not as_json:
+            click.echo(
+                "".join(f"{key[:10]}\n" for key in index.kernel_ids(scan, kernel_filter, sort)),
+                nl=False,
+            )
+            found = None
+        else:
+            found = index.kernels(scan, kernel_filter, sort)
+    if found is not None and as_json:
         emit_json([kernel.to_json() for kernel in found])
-    elif quiet:
-        for kernel in found:
-            click.echo(kernel.short_id)
-    else:
+    elif found is not None:
         _table(found)
     summary = scan.summary()
     if summary:

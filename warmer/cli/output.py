@@ -16,7 +16,7 @@ from rich.table import Table
 from warmer.units import format_duration
 
 #: Messages, progress and logs: stderr, markup off so user strings print as they are.
-console = Console(stderr=True, markup=False, highlight=False)
+console = Console(stderr=True, markup=False, highlight=False, soft_wrap=True)
 #: Data for people (tables, `-q` ids): stdout, so that commands compose.
 data_console = Console(markup=False, highlight=False, width=None if sys.stdout.isatty() else 4096)
 
