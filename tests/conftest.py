@@ -49,6 +49,19 @@ def compile_inductor(env: dict[str, str]) -> dict[str, int]:
     return counters
 
 
+def saved_triton(triton_cache: Path, tmp_path: Path) -> tuple[Path, Manifest]:
+    """Save a Triton cache (all of it) into tmp_path/store and a bundle in tmp_path."""
+
+    result = save(
+        name="triton-unit",
+        roots=[CacheRoot("triton", str(triton_cache))],
+        out=tmp_path,
+        store=Store(tmp_path / "store"),
+    )
+    assert result.bundle is not None
+    return result.bundle, result.manifest
+
+
 @pytest.fixture(scope="session")
 def _triton_cache_master(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cache = tmp_path_factory.mktemp("triton-master") / "cache"
@@ -138,5 +151,9 @@ def run_id(engine: Engine) -> Iterator[str]:
 
 from docker.errors import ImageNotFound  # noqa: E402
 
+from warmer.caches import CacheRoot  # noqa: E402
 from warmer.errors import UsageError  # noqa: E402
 from warmer.runtimes.docker import DockerRuntime, engine_answers, podman_base_url  # noqa: E402
+from warmer.save import save  # noqa: E402
+from warmer.store import Store  # noqa: E402
+from warmer.store.manifest import Manifest  # noqa: E402

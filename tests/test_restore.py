@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import compile_inductor, compile_triton
+from conftest import compile_inductor, compile_triton, saved_triton
 
 from warmer.bundle import write_bundle
 from warmer.caches import CacheRoot
@@ -19,17 +19,6 @@ from warmer.restore import restore
 from warmer.save import save
 from warmer.store import Store
 from warmer.store.manifest import Manifest
-
-
-def saved_triton(triton_cache: Path, tmp_path: Path) -> tuple[Path, Manifest]:
-    result = save(
-        name="triton-unit",
-        roots=[CacheRoot("triton", str(triton_cache))],
-        out=tmp_path,
-        store=Store(tmp_path / "store"),
-    )
-    assert result.bundle is not None
-    return result.bundle, result.manifest
 
 
 def test_triton_cache_hits_after_restore_under_another_root(

@@ -44,20 +44,28 @@ def write_job(tmp_path: Path, runtime: Engine | None, /, **fields: Any) -> Path:
     return path
 
 
+#: The real `warmer` entry point, as a subprocess command.
+WARMER = (sys.executable, "-c", "from warmer.cli import main; main()")
+
+
+def warmer_environ(tmp_path: Path, env: dict[str, str] | None = None) -> dict[str, str]:
+    """This process's environment with the store of this test (and `env`) in it."""
+    return {**os.environ, "WARMER_STORE": str(tmp_path / "store"), **(env or {})}
+
+
 def warmer(
     *args: str, tmp_path: Path, engine: Engine | None = None, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     """The real `warmer` command, with the store and engine of this test."""
-    environ = {**os.environ, "WARMER_STORE": str(tmp_path / "store"), **(env or {})}
     if engine is not None and engine.runtime.name == "podman":
         args = (*args, "--runtime", "podman")
     elif engine is not None:
         args = (*args, "--runtime", "docker")
     return subprocess.run(
-        [sys.executable, "-c", "from warmer.cli import main; main()", *args],
+        [*WARMER, *args],
         capture_output=True,
         text=True,
-        env=environ,
+        env=warmer_environ(tmp_path, env),
         cwd=REPO,
         timeout=900,
         check=False,

@@ -63,13 +63,13 @@ def write_tar(
     with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
         if include_manifest:
             data = manifest.to_bytes()
-            tar.addfile(_member(MANIFEST_NAME, len(data), 0o644), io.BytesIO(data))
+            tar.addfile(tar_member(MANIFEST_NAME, len(data), 0o644), io.BytesIO(data))
         for entry in manifest.files:
             with open_object(entry.digest) as obj:
-                tar.addfile(_member(member_name(entry.path), entry.size, entry.mode), obj)
+                tar.addfile(tar_member(member_name(entry.path), entry.size, entry.mode), obj)
 
 
-def _member(name: str, size: int, mode: int) -> tarfile.TarInfo:
+def tar_member(name: str, size: int, mode: int) -> tarfile.TarInfo:
     info = tarfile.TarInfo(name)
     info.size, info.mode, info.mtime = size, mode, MEMBER_MTIME
     info.uid = info.gid = 0
@@ -90,7 +90,7 @@ def write_bundle(
     fd, tmp_name = tempfile.mkstemp(prefix=".tmp-", suffix=".bundle", dir=destination.parent)
     try:
         with os.fdopen(fd, "wb") as raw:
-            with _compressed_writer(raw, fmt) as stream:
+            with compressed_writer(raw, fmt) as stream:
                 write_tar(manifest, open_object, stream)
             raw.flush()
             os.fsync(raw.fileno())
@@ -103,7 +103,7 @@ def write_bundle(
 
 
 @contextmanager
-def _compressed_writer(raw: IO[bytes], fmt: Format) -> Iterator[IO[bytes]]:
+def compressed_writer(raw: IO[bytes], fmt: Format) -> Iterator[IO[bytes]]:
     if fmt == "zst":
         import zstandard
 

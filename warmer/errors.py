@@ -15,6 +15,10 @@ class UsageError(WarmerError):
     exit_code = 2
 
 
+class NotFound(UsageError):
+    """A ref that matches nothing in the store (a cold tier may still have it)."""
+
+
 class SpecError(UsageError):
     """An invalid job spec; names the file and the field path."""
 

@@ -14,10 +14,11 @@ import os
 import posixpath
 import secrets
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from warmer.bundle import VerifiedReader, open_bundle
 from warmer.caches import is_triton_group, rewrite_group
@@ -25,7 +26,10 @@ from warmer.envkey import EnvKey, compare
 from warmer.errors import BundleError, EnvMismatch, UsageError, WarmerError
 from warmer.harvest import relocate
 from warmer.store.cas import digest_file
-from warmer.store.manifest import Manifest
+from warmer.store.manifest import FileEntry, Manifest
+
+if TYPE_CHECKING:
+    from warmer.store import Store
 
 #: Members up to this size are read whole and written by the pool; larger ones are streamed.
 _IN_MEMORY = 16 << 20
@@ -92,7 +96,67 @@ def restore(
     Raises EnvMismatch (exit 4) when the bundle was made for another environment and `force`
     is false, BundleError (exit 2) for a corrupt or hostile bundle.
     """
-    bundle_path = Path(path)
+    with open_bundle(Path(path)) as bundle:
+        return _install(
+            str(path),
+            bundle.manifest,
+            bundle.files(),
+            root=root,
+            force=force,
+            dry_run=dry_run,
+            mapping=mapping,
+            check_env=check_env,
+            progress=progress,
+        )
+
+
+def restore_snapshot(
+    store: Store,
+    ref: str,
+    *,
+    root: str | Path = "/",
+    force: bool = False,
+    dry_run: bool = False,
+    mapping: Mapping[str, str] | None = None,
+    progress: RestoreProgress | None = None,
+) -> RestoreReport:
+    """Install the snapshot `ref` of `store` (pulled from a registry, say) the same way:
+    every object is re-hashed on the way, so a damaged store installs nothing."""
+    _info, manifest = store.resolve(ref)
+    label = f"{store.root}:{manifest.ref}"
+
+    def files() -> Iterator[tuple[FileEntry, VerifiedReader]]:
+        for entry in manifest.files:
+            with store.open_object(entry.digest) as obj:
+                reader = VerifiedReader(obj, entry, Path(label))
+                yield entry, reader
+                reader.finish()
+
+    return _install(
+        label,
+        manifest,
+        files(),
+        root=root,
+        force=force,
+        dry_run=dry_run,
+        mapping=mapping,
+        check_env=True,
+        progress=progress,
+    )
+
+
+def _install(
+    source: str,
+    manifest: Manifest,
+    files: Iterator[tuple[FileEntry, VerifiedReader]],
+    *,
+    root: str | Path,
+    force: bool,
+    dry_run: bool,
+    mapping: Mapping[str, str] | None,
+    check_env: bool,
+    progress: RestoreProgress | None,
+) -> RestoreReport:
     mapping = dict(mapping or {})
     root_dir = os.path.abspath(root)
     if os.path.exists(root_dir) and not os.path.isdir(root_dir):
@@ -100,37 +164,35 @@ def restore(
     installer = _Installer()
     written = bytes_written = skipped = rewritten = 0
     try:
-        with open_bundle(bundle_path) as bundle:
-            manifest = bundle.manifest
-            warnings = check_environment(manifest, force=force) if check_env else []
-            total_files, total_bytes, done_bytes = len(manifest.files), manifest.total_size, 0
-            for index, (entry, reader) in enumerate(bundle.files(), start=1):
-                destination = destination_of(entry.path, root_dir, mapping)
-                if entry.size <= _IN_MEMORY:
-                    data = reader.read_all()
-                    if is_triton_group(entry.path):
-                        moved = rewrite_group(data, os.path.dirname(destination))
-                        rewritten += moved is not None
-                        data = moved or data
-                    if dry_run:
-                        identical = _same_bytes(destination, data)
-                        skipped += identical
-                        written += not identical
-                        bytes_written += 0 if identical else len(data)
-                    else:
-                        installer.write(destination, data, entry.mode)
-                elif _same_file(destination, entry.size, entry.digest):
-                    reader.finish()
-                    skipped += 1
-                elif dry_run:
-                    reader.finish()
-                    written += 1
-                    bytes_written += entry.size
+        warnings = check_environment(manifest, force=force) if check_env else []
+        total_files, total_bytes, done_bytes = len(manifest.files), manifest.total_size, 0
+        for index, (entry, reader) in enumerate(files, start=1):
+            destination = destination_of(entry.path, root_dir, mapping)
+            if entry.size <= _IN_MEMORY:
+                data = reader.read_all()
+                if is_triton_group(entry.path):
+                    moved = rewrite_group(data, os.path.dirname(destination))
+                    rewritten += moved is not None
+                    data = moved or data
+                if dry_run:
+                    identical = _same_bytes(destination, data)
+                    skipped += identical
+                    written += not identical
+                    bytes_written += 0 if identical else len(data)
                 else:
-                    installer.stream(destination, reader, entry.mode)
-                done_bytes += entry.size
-                if progress:
-                    progress(index, done_bytes, total_files, total_bytes)
+                    installer.write(destination, data, entry.mode)
+            elif _same_file(destination, entry.size, entry.digest):
+                reader.finish()
+                skipped += 1
+            elif dry_run:
+                reader.finish()
+                written += 1
+                bytes_written += entry.size
+            else:
+                installer.stream(destination, reader, entry.mode)
+            done_bytes += entry.size
+            if progress:
+                progress(index, done_bytes, total_files, total_bytes)
         if not dry_run:
             written, bytes_written, skipped = installer.commit()
     except PermissionError as exc:
@@ -138,7 +200,7 @@ def restore(
     finally:
         installer.close()
     return RestoreReport(
-        bundle=str(bundle_path),
+        bundle=source,
         root=root_dir,
         name=manifest.name,
         env_tag=manifest.env_tag,

@@ -25,6 +25,10 @@ COMMANDS = {
     "gc": "store:gc",
     "prune": "store:prune",
     "kernels": "kernels:kernels",
+    "push": "registry:push",
+    "pull": "registry:pull",
+    "pin": "registry:pin",
+    "unpin": "registry:unpin",
 }
 
 

@@ -8,6 +8,7 @@ import click
 
 from warmer.cli.options import json_option, store_option
 from warmer.cli.output import console, emit_json, progress_bar
+from warmer.cli.registry import insecure_option, local_or_tier, pull_source
 from warmer.units import format_size
 
 FORMAT_CHOICE = click.Choice(["zst", "gz"])
@@ -105,7 +106,7 @@ def import_(bundle: Path, store: Path | None, as_json: bool) -> None:
 
 
 @click.command()
-@click.argument("bundle", type=click.Path(path_type=Path))
+@click.argument("source")
 @click.option(
     "--root",
     type=click.Path(file_okay=False, path_type=Path),
@@ -122,13 +123,34 @@ def import_(bundle: Path, store: Path | None, as_json: bool) -> None:
 )
 @click.option("--dry-run", is_flag=True, help="Check everything, write nothing.")
 @click.option("--force", is_flag=True, help="Restore even when the environment key differs.")
+@click.option(
+    "--auto", is_flag=True, help="With REGISTRY/REPO: pick the tag that matches this machine."
+)
+@insecure_option
+@store_option
 @json_option
 def restore(
-    bundle: Path, root: Path, maps: tuple[str, ...], dry_run: bool, force: bool, as_json: bool
+    source: str,
+    root: Path,
+    maps: tuple[str, ...],
+    dry_run: bool,
+    force: bool,
+    auto: bool,
+    insecure: bool | None,
+    store: Path | None,
+    as_json: bool,
 ) -> None:
-    """Install BUNDLE's caches where this machine's runtimes look for them."""
+    """Install SOURCE's caches where this machine's runtimes look for them.
+
+    SOURCE is a bundle file, a registry reference REGISTRY/REPO[:TAG] (pulled into the store
+    first; --auto picks the tag), or a store ref (pulled from the configured registry when
+    it is not in the store).
+    """
     from warmer.errors import UsageError
+    from warmer.oci import Reference
     from warmer.restore import restore as restore_bundle
+    from warmer.restore import restore_snapshot
+    from warmer.store import Store
 
     mapping: dict[str, str] = {}
     for item in maps:
@@ -136,10 +158,20 @@ def restore(
         if not sep or not old.startswith("/") or not new.startswith("/"):
             raise UsageError(f"--map {item!r}: expected /OLD/PREFIX=/NEW/PREFIX")
         mapping[old] = new
-    with progress_bar("restoring") as update:
-        report = restore_bundle(
-            bundle, root=root, force=force, dry_run=dry_run, mapping=mapping, progress=update
-        )
+    options = {"root": root, "force": force, "dry_run": dry_run, "mapping": mapping}
+    if Path(source).is_file() or source.endswith((".tar.zst", ".tar.gz", ".tar")):
+        if auto:
+            raise UsageError("--auto picks a tag of a registry repository, not a bundle file")
+        with progress_bar("restoring") as update:
+            report = restore_bundle(source, progress=update, **options)  # type: ignore[arg-type]
+    else:
+        with Store(store) as opened:
+            if Reference.looks_like(source):
+                ref = pull_source(opened, source, auto, insecure).ref
+            else:
+                ref = local_or_tier(opened, source, insecure)[0].ref
+            with progress_bar("restoring") as update:
+                report = restore_snapshot(opened, ref, progress=update, **options)  # type: ignore[arg-type]
     if as_json:
         emit_json(report.to_dict())
         return

@@ -4,15 +4,22 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import click
 
 from warmer.cli.options import json_option, store_option
 from warmer.cli.output import console, emit_json, table
 from warmer.units import format_duration, format_size
+
+if TYPE_CHECKING:
+    from warmer.bundle import Format
+    from warmer.fanout import HostOutcome, JobOutcome
+    from warmer.runner import JobResult
+    from warmer.spec import Job
+    from warmer.store import Store
 
 
 @click.command()
@@ -38,6 +45,25 @@ from warmer.units import format_duration, format_size
 )
 @click.option("--format", "fmt", type=click.Choice(["zst", "gz"]), default="zst", show_default=True)
 @click.option("-q", "--quiet", is_flag=True, help="Do not stream the warm-up's log lines.")
+@click.option(
+    "--hosts",
+    metavar="HOST[,HOST…]",
+    envvar="WARMER_HOSTS",
+    default=None,
+    help="Fan the jobs out over Docker hosts at once: host names from the config, `all`, "
+    "or [BACKEND=]URL (cpu=unix:///run/d2.sock). See docs/fanout.md.",
+)
+@click.option(
+    "--push",
+    is_flag=True,
+    help="Push each bundle to REGISTRY/PREFIX/<job>:<env tag> (the registry: --registry).",
+)
+@click.option(
+    "--registry",
+    metavar="REGISTRY/PREFIX",
+    default=None,
+    help="Where --push pushes [default: $WARMER_REGISTRY or registry.url in the config].",
+)
 @store_option
 @json_option
 def run(
@@ -48,6 +74,9 @@ def run(
     verify: bool,
     fmt: str,
     quiet: bool,
+    hosts: str | None,
+    push: bool,
+    registry: str | None,
     store: Path | None,
     as_json: bool,
 ) -> None:
@@ -62,7 +91,9 @@ def run(
     missing = sorted({name for job in jobs for name in job.secrets if name not in os.environ})
     if missing:
         raise UsageError(f"secret(s) not set in this environment: {', '.join(missing)}")
-    if runtime is None:
+    if hosts is not None and runtime not in (None, "docker"):
+        raise UsageError(f"--hosts runs jobs on Docker engines: --runtime {runtime} does not apply")
+    if runtime is None and hosts is None:
         runtime = available_runtime()
         if runtime == "local":
             console.print("no container engine answers: running with the local runtime")
@@ -70,40 +101,173 @@ def run(
         missing_images = [job.name for job in jobs if not job.image]
         if missing_images:
             raise UsageError(f"job(s) {', '.join(missing_images)} name no image")
+    pusher = _Pusher(registry) if push else None
+    if hosts is not None:
+        results, outcomes = _fan_out(
+            jobs,
+            hosts,
+            Store(store),
+            out,
+            fmt=cast("Format", fmt),
+            verify=verify,
+            quiet=quiet,
+            pusher=pusher,
+        )
+        if as_json:
+            emit_json({"jobs": results, "hosts": [_host_entry(o) for o in outcomes]})
+        else:
+            _summary(results, with_host=True)
+            _host_summary(outcomes)
+        _exit_if_failed(results)
+        return
+    assert runtime is not None
     engine = get_runtime(runtime)
     swept = engine.sweep()
     if swept:
         console.print(f"removed {swept} leftover container(s) of an earlier crashed run")
-    runner = Runner(engine, Store(store), out, fmt=fmt, on_event=_EventPrinter(quiet))  # type: ignore[arg-type]
-    results: list[dict[str, Any]] = []
-    failures = 0
+    opened = Store(store)
+    runner = Runner(engine, opened, out, fmt=fmt, on_event=_EventPrinter(quiet))  # type: ignore[arg-type]
+    results = []
     for job in jobs:
-        console.print(
-            f"[{job.name}] {runtime}: {job.image or 'this host'} ({job.engine.kind}, {job.backend})"
-        )
+        console.print(f"[{job.name}] {runtime}: {_what(job)}")
         started = time.monotonic()
         try:
             result = runner.run(job, verify=verify)
         except JobFailed as exc:
-            failures += 1
-            console.print(f"[{job.name}] FAILED: {exc}")
-            if exc.log_tail:
-                console.print(f"[{job.name}] --- last lines of the log ---")
-                console.print(exc.log_tail)
-            results.append({"name": job.name, "ok": False, "error": str(exc)})
+            _report(job.name, None, str(exc), exc.log_tail)
+            results.append(_entry(job.name, None, str(exc), time.monotonic() - started))
             continue
-        entry = {"ok": True, **result.to_dict(), "seconds": round(time.monotonic() - started, 3)}
-        results.append(entry)
-        for path in result.unclassified[:10]:
-            console.print(f"[{job.name}] left out (matches no cache kind): {path}")
-        if len(result.unclassified) > 10:
-            console.print(f"[{job.name}] … and {len(result.unclassified) - 10} more left out")
+        _report(job.name, result, None, "")
+        results.append(_entry(job.name, result, None, time.monotonic() - started))
+        if pusher:
+            results[-1]["push"] = pusher(opened, result)
     if as_json:
         emit_json({"jobs": results})
     else:
         _summary(results)
-    if failures:
+    _exit_if_failed(results)
+
+
+def _what(job: Job) -> str:
+    return f"{job.image or 'this host'} ({job.engine.kind}, {job.backend})"
+
+
+def _fan_out(
+    jobs: Sequence[Job],
+    value: str,
+    store: Store,
+    out: Path,
+    *,
+    fmt: Format,
+    verify: bool,
+    quiet: bool,
+    pusher: _Pusher | None,
+) -> tuple[list[dict[str, Any]], list[HostOutcome]]:
+    """Run `jobs` over the hosts `--hosts` names; JSON entries in file order, and each
+    host's outcome. Everything is checked (hosts, a host for every job) before anything
+    starts."""
+    from warmer.config import settings
+    from warmer.fanout import FanOut, assign, parse_hosts
+
+    hosts = parse_hosts(value, settings().hosts)
+    queues = assign(jobs, hosts)
+    for host in hosts:
+        for job in queues[host.name]:
+            console.print(f"[{job.name}@{host.name}] {host.url}: {_what(job)}")
+    entries: dict[str, dict[str, Any]] = {}
+
+    def done(outcome: JobOutcome) -> None:
+        # What follows a job (its push): one call at a time, as jobs end.
+        label = f"{outcome.job.name}@{outcome.host}"
+        _report(label, outcome.result, outcome.error, outcome.log_tail)
+        entry = _entry(outcome.job.name, outcome.result, outcome.error, outcome.seconds)
+        entries[outcome.job.name] = {**entry, "host": outcome.host}
+        if pusher and outcome.result is not None:
+            entries[outcome.job.name]["push"] = pusher(store, outcome.result)
+
+    fanout = FanOut(
+        hosts, store, out, fmt=fmt, verify=verify, on_event=_EventPrinter(quiet), on_done=done
+    )
+    outcomes = fanout.run(queues)
+    return [entries[job.name] for job in jobs], outcomes
+
+
+def _entry(
+    name: str, result: JobResult | None, error: str | None, seconds: float
+) -> dict[str, Any]:
+    """A job's entry in `--json` and the summary."""
+    if result is None:
+        return {"name": name, "ok": False, "error": error, "seconds": round(seconds, 3)}
+    return {"ok": True, **result.to_dict(), "seconds": round(seconds, 3)}
+
+
+def _report(label: str, result: JobResult | None, error: str | None, log_tail: str) -> None:
+    """What people need to hear when a job ends: why it failed, or what it left out."""
+    if result is None:
+        console.print(f"[{label}] FAILED: {error}")
+        if log_tail:
+            console.print(f"[{label}] --- last lines of the log ---")
+            console.print(log_tail)
+        return
+    for path in result.unclassified[:10]:
+        console.print(f"[{label}] left out (matches no cache kind): {path}")
+    if len(result.unclassified) > 10:
+        console.print(f"[{label}] … and {len(result.unclassified) - 10} more left out")
+
+
+def _host_entry(outcome: HostOutcome) -> dict[str, Any]:
+    return {
+        "name": outcome.host.name,
+        "url": outcome.host.url,
+        "jobs": [o.job.name for o in outcome.jobs],
+        "failed": [o.job.name for o in outcome.failed],
+        "seconds": round(outcome.seconds, 3),
+        "error": outcome.error,
+    }
+
+
+def _exit_if_failed(results: Sequence[Mapping[str, Any]]) -> None:
+    """Exit 3 when a job failed; 1 when every job passed but a push did not."""
+    if not all(item["ok"] for item in results):
         click.get_current_context().exit(3)
+    if any("error" in (item.get("push") or {}) for item in results):
+        click.get_current_context().exit(1)
+
+
+class _Pusher:
+    """Pushes each published bundle to the registry (checked before any job starts)."""
+
+    def __init__(self, value: str | None) -> None:
+        from warmer.config import settings
+        from warmer.errors import UsageError
+        from warmer.oci import Reference
+
+        self.registry = value or settings().registry or ""
+        if not self.registry:
+            raise UsageError(
+                "--push needs a registry: --registry REGISTRY/PREFIX, WARMER_REGISTRY, "
+                "or registry.url in the config"
+            )
+        Reference.parse(self.registry)
+        self.insecure = settings().insecure
+
+    def __call__(self, store: Store, result: JobResult) -> dict[str, Any]:
+        from warmer.errors import WarmerError
+        from warmer.registry import push, tier_reference
+
+        try:
+            _info, manifest = store.resolve(result.ref, touch=False)
+            report = push(
+                store, result.ref, tier_reference(self.registry, manifest), insecure=self.insecure
+            )
+        except WarmerError as exc:
+            console.print(f"[{result.name}] push FAILED: {exc}")
+            return {"error": str(exc)}
+        console.print(
+            f"[{result.name}] pushed {report.reference} "
+            f"({format_size(report.bytes_sent)} sent, {report.layers_reused} layers reused)"
+        )
+        return report.to_dict()
 
 
 class _EventPrinter:
@@ -123,17 +287,19 @@ class _EventPrinter:
             console.print(f"[{job}] {data['phase']}…")
 
 
-def _summary(results: list[dict[str, Any]]) -> None:
+def _summary(results: list[dict[str, Any]], *, with_host: bool = False) -> None:
     rows = []
     for item in results:
+        host = [item.get("host", "")] if with_host else []
         if not item["ok"]:
-            rows.append([item["name"], "FAILED", "", "", "", "", ""])
+            rows.append([item["name"], *host, "FAILED", "", "", "", "", ""])
             continue
         verify = item.get("verify") or {}
         rate = verify.get("hit_rate")
         rows.append(
             [
                 item["name"],
+                *host,
                 "ok",
                 item["files"],
                 format_size(item["bytes"]),
@@ -144,8 +310,27 @@ def _summary(results: list[dict[str, Any]]) -> None:
                 item["bundle"],
             ]
         )
+    host = ["HOST"] if with_host else []
     table(
-        ["JOB", "STATUS", "FILES", "SIZE", "HIT RATE", "COLD → WARM", "BUNDLE"],
+        ["JOB", *host, "STATUS", "FILES", "SIZE", "HIT RATE", "COLD → WARM", "BUNDLE"],
         rows,
         right=["FILES", "SIZE", "HIT RATE"],
     )
+
+
+def _host_summary(outcomes: Sequence[HostOutcome]) -> None:
+    """Per host: how many jobs ran there, how many passed and failed, and its wall time."""
+    rows = [
+        [
+            o.host.name,
+            len(o.jobs),
+            len(o.jobs) - len(o.failed),
+            len(o.failed),
+            format_duration(o.seconds) if o.jobs else "",
+        ]
+        for o in outcomes
+    ]
+    table(["HOST", "JOBS", "OK", "FAILED", "WALL"], rows, right=["JOBS", "OK", "FAILED", "WALL"])
+    for o in outcomes:
+        if o.error:
+            console.print(f"host {o.host.name}: {o.error}")

@@ -100,8 +100,10 @@ def _describe_verify(verify: dict[str, object] | None) -> str:
 @json_option
 def show(ref: str, list_files: bool, store: Path | None, as_json: bool) -> None:
     """Describe the snapshot REF (a ref, a name, or an id prefix)."""
+    from warmer.cli.registry import local_or_tier
+
     with _open_store(store) as opened:
-        info, manifest = opened.resolve(ref, touch=False)
+        info, manifest = local_or_tier(opened, ref, insecure=None, touch=False)
     kinds = _kind_totals(manifest)
     job_name = manifest.job.get("name") if manifest.job else None
     if as_json:

@@ -430,6 +430,22 @@ class DockerRuntime:
                 removed += 1
         return removed
 
+    def remove_mine(self) -> int:
+        """Remove every container this process made on this engine, running or not (an
+        interrupted fan-out: its threads wait on containers that only their end releases)."""
+        import docker.errors
+
+        removed = 0
+        labels = [f"{MANAGED_LABEL}=1", f"{PID_LABEL}={os.getpid()}"]
+        mine = self.client.containers.list(all=True, filters={"label": labels}, ignore_removed=True)
+        for container in mine:
+            if container.labels.get(HOST_LABEL) != socket.gethostname():
+                continue
+            with suppress(docker.errors.NotFound):
+                container.remove(force=True, v=True)
+                removed += 1
+        return removed
+
 
 def _owner_gone(labels: Mapping[str, str]) -> bool:
     """True when the container's warmer process is dead; False when it is alive or on another

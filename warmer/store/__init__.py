@@ -22,7 +22,7 @@ from types import TracebackType
 from typing import BinaryIO
 
 from warmer.config import default_store_root
-from warmer.errors import BundleError, StoreError, UsageError
+from warmer.errors import BundleError, NotFound, StoreError, UsageError
 from warmer.store.cas import ObjectStore, digest_bytes
 from warmer.store.gc import GcResult, PrunePlan, VerifyReport, plan_prune, sweep, verify
 from warmer.store.index import Index, SnapshotInfo
@@ -226,7 +226,7 @@ class Store:
         if candidates:
             listed = "\n  ".join(info.ref for info in candidates)
             raise UsageError(f"{spec!r} matches {len(candidates)} snapshots; pick one:\n  {listed}")
-        raise UsageError(
+        raise NotFound(
             f"no snapshot matches {spec!r}: give a ref (name@env-tag), a name, or at least "
             f"{MIN_ID_PREFIX} hex characters of an id (warmer ls lists them)"
         )

@@ -1,0 +1,190 @@
+"""`warmer push | pull | pin | unpin`: bundles through an OCI registry, and the cold tier."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+
+from warmer.cli.options import json_option, store_option
+from warmer.cli.output import console, emit_json
+from warmer.units import format_size
+
+if TYPE_CHECKING:
+    from warmer.registry import PullReport
+    from warmer.store import SnapshotInfo, Store
+    from warmer.store.manifest import Manifest
+
+F = TypeVar("F", bound=Callable[..., object])
+
+
+def insecure_option(function: F) -> F:
+    """`--insecure`: plain HTTP to a registry that is not on loopback."""
+    return click.option(
+        "--insecure",
+        is_flag=True,
+        default=None,
+        help="Allow plain HTTP to a non-loopback registry [default: $WARMER_REGISTRY_INSECURE].",
+    )(function)
+
+
+def _insecure(flag: bool | None) -> bool:
+    from warmer.config import settings
+
+    return bool(flag) if flag is not None else settings().insecure
+
+
+def _say(step: str, detail: str) -> None:
+    console.print(f"{step}: {detail}")
+
+
+def local_or_tier(
+    store: Store, ref: str, insecure: bool | None, *, touch: bool = True
+) -> tuple[SnapshotInfo, Manifest]:
+    """`store.resolve(ref)`; a ref missing locally is pulled from the configured cold tier."""
+    from warmer.config import settings
+    from warmer.errors import NotFound
+    from warmer.registry import pull_ref
+
+    try:
+        return store.resolve(ref, touch=touch)
+    except NotFound:
+        registry = settings().registry
+        if not registry:
+            raise
+    console.print(f"{ref} is not in the local store: pulling it from {registry}")
+    report = pull_ref(store, ref, registry, insecure=_insecure(insecure), progress=_say)
+    return store.resolve(report.ref, touch=touch)
+
+
+def pull_source(store: Store, source: str, auto: bool, insecure: bool | None) -> PullReport:
+    """Pull REGISTRY/REPO[:TAG] (or pick the tag with --auto) into the store."""
+    from warmer.oci import Reference
+    from warmer.registry import pull as pull_bundle
+
+    return pull_bundle(
+        store, Reference.parse(source), auto=auto, insecure=_insecure(insecure), progress=_say
+    )
+
+
+@click.command()
+@click.argument("source")
+@click.argument("target", required=False)
+@click.option("--as-image", is_flag=True, help="Push the runnable-image form (COPY --from=…).")
+@click.option(
+    "--base",
+    metavar="TAG",
+    help="Cut layers against this tag (`none`: no base) [default: the tag itself, else the "
+    "closest push of the same job].",
+)
+@insecure_option
+@store_option
+@json_option
+def push(
+    source: str,
+    target: str | None,
+    as_image: bool,
+    base: str | None,
+    insecure: bool | None,
+    store: Path | None,
+    as_json: bool,
+) -> None:
+    """Push SOURCE (a bundle file or a store ref) to TARGET, REGISTRY/REPO[:TAG].
+
+    The tag defaults to the env tag. Without TARGET, the configured registry is used
+    (REGISTRY/PREFIX/<job name>:<env tag>, see configs/warmer.yaml).
+    """
+    from warmer.bundle import import_bundle
+    from warmer.config import settings
+    from warmer.errors import UsageError
+    from warmer.oci import Reference
+    from warmer.registry import push as push_bundle
+    from warmer.registry import tier_reference
+    from warmer.store import Store
+
+    with Store(store) as opened:
+        path = Path(source)
+        if path.is_file():
+            ref = import_bundle(opened, path).ref
+        else:
+            ref = local_or_tier(opened, source, insecure)[0].ref
+        if target:
+            reference = Reference.parse(target)
+        else:
+            registry = settings().registry
+            if not registry:
+                raise UsageError(
+                    "no TARGET given and no registry configured (WARMER_REGISTRY or registry.url)"
+                )
+            reference = tier_reference(registry, opened.resolve(ref, touch=False)[1])
+        report = push_bundle(
+            opened,
+            ref,
+            reference,
+            form="image" if as_image else "artifact",
+            insecure=_insecure(insecure),
+            base=base,
+            progress=None if as_json else _say,
+        )
+    if as_json:
+        emit_json(report.to_dict())
+        return
+    console.print(
+        f"pushed {ref} -> {report.reference} ({report.form}, {report.digest[:19]}…): "
+        f"{report.layers} layers, {report.layers_reused} reused from "
+        f"{report.base or 'no base'}, {format_size(report.bytes_sent)} sent of "
+        f"{format_size(report.bytes)}"
+    )
+
+
+@click.command()
+@click.argument("source")
+@click.option("--auto", is_flag=True, help="Pick the tag whose env key matches this machine.")
+@insecure_option
+@store_option
+@json_option
+def pull(source: str, auto: bool, insecure: bool | None, store: Path | None, as_json: bool) -> None:
+    """Pull SOURCE, REGISTRY/REPO[:TAG], into the local store (every digest checked)."""
+    from warmer.store import Store
+
+    with Store(store) as opened:
+        report = pull_source(opened, source, auto, insecure)
+    if as_json:
+        emit_json(report.to_dict())
+        return
+    console.print(
+        f"pulled {report.reference} -> {report.ref}: {report.files} files, "
+        f"{format_size(report.bytes)} ({report.layers_fetched} layers, "
+        f"{format_size(report.bytes_received)} received)"
+    )
+
+
+def _pin_command(pinned: bool) -> click.Command:
+    verb = "pin" if pinned else "unpin"
+
+    @click.command(verb)
+    @click.argument("ref")
+    @store_option
+    @json_option
+    def command(ref: str, store: Path | None, as_json: bool) -> None:
+        from warmer.store import Store
+
+        with Store(store) as opened:
+            info = opened.resolve(ref, touch=False)[0]
+            opened.pin(info.ref, pinned)
+        result: dict[str, Any] = {"ref": info.ref, "pinned": pinned}
+        if as_json:
+            emit_json(result)
+        else:
+            console.print(f"{verb}ned {info.ref}")
+
+    command.help = (
+        "Keep REF through every `warmer prune`." if pinned else "Let `warmer prune` drop REF again."
+    )
+    return command
+
+
+pin = _pin_command(True)
+unpin = _pin_command(False)

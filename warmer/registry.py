@@ -1,0 +1,668 @@
+"""Bundles in an OCI registry: push a snapshot, pull one back, pick the tag that fits here.
+
+Two forms of the same content. The artifact form (default) is an OCI artifact whose config
+blob holds the bundle's manifest; its layers are zstd tars. The image form (`as_image`) is a
+runnable-image manifest: gzip tar layers holding the files at their absolute paths, the env
+key as labels, so that `COPY --from=REGISTRY/REPO:TAG / /` or a Kubernetes image volume
+delivers the caches. Both carry the env key's parts as manifest annotations, which is how
+`--auto` chooses a tag without downloading any layer.
+
+Layers are cut against a base: the manifest already at the tag (or the named `base`, or the
+repository's closest push of the same job). A base layer whose files are still mostly live is
+reused as it is, so a second push that shares most files with the first uploads only the new
+files; a file the new snapshot dropped is hidden with a whiteout in the image form and simply
+not listed in the artifact form. Every pulled byte is checked twice: each blob against its
+sha256, each file against its blake3 in the manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import IO, Any, BinaryIO, Literal, cast
+
+from warmer.bundle import MEMBER_MTIME, Format, compressed_writer, member_name, tar_member
+from warmer.envkey import EnvKey, compare
+from warmer.errors import BundleError, UsageError
+from warmer.oci import OCI_MANIFEST, CheckedStream, Reference, Registry, RegistryError
+from warmer.store import SnapshotInfo, Store
+from warmer.store.manifest import FileEntry, Manifest
+
+Form = Literal["artifact", "image"]
+ARTIFACT_TYPE = "application/vnd.warmer.bundle.v1"
+ARTIFACT_CONFIG = "application/vnd.warmer.bundle.config.v1+json"
+IMAGE_CONFIG = "application/vnd.oci.image.config.v1+json"
+LAYER_TYPES: dict[Form, str] = {
+    "artifact": "application/vnd.oci.image.layer.v1.tar+zstd",
+    "image": "application/vnd.oci.image.layer.v1.tar+gzip",
+}
+_COMPRESSION: dict[Form, Format] = {"artifact": "zst", "image": "gz"}
+#: New files are cut into layers of about this many (uncompressed) bytes.
+LAYER_BYTES = 64 << 20
+#: Docker refuses images with more than 127 layers; stay well under it.
+MAX_LAYERS = 100
+#: A base layer is reused while at least this share of its bytes is still live.
+REUSE_MIN_LIVE = 0.5
+_ANNOTATION = "org.warmer"
+_CONFIG_LIMIT = 256 << 20
+_BASE_CANDIDATES = 10
+_WORKERS = 4
+
+#: progress(step, detail): "layer" (uploaded/reused/fetched), "tag" (auto selection)
+Progress = Callable[[str, str], None]
+
+
+@dataclass
+class LayerFiles:
+    """One layer: its descriptor, its uncompressed digest, the files and whiteouts in it."""
+
+    digest: str
+    size: int
+    diff_id: str
+    media_type: str
+    files: list[tuple[str, str, int]]
+    whiteouts: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> LayerFiles:
+        try:
+            files = [(str(p), str(d), int(s)) for p, d, s in data["files"]]
+            return cls(
+                str(data["digest"]),
+                int(data["size"]),
+                str(data["diff_id"]),
+                str(data["media_type"]),
+                files,
+                [str(w) for w in data.get("whiteouts", [])],
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise RegistryError(f"a layer record in the config is malformed: {exc!r}") from exc
+
+
+@dataclass
+class Published:
+    """What a registry tag holds, as warmer reads it."""
+
+    reference: Reference
+    digest: str
+    form: Form
+    manifest: Manifest
+    layers: list[LayerFiles]
+
+
+@dataclass
+class PushReport:
+    reference: str
+    digest: str
+    form: Form
+    files: int
+    bytes: int
+    layers: int
+    layers_reused: int
+    layers_uploaded: int
+    bytes_sent: int
+    base: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class PullReport:
+    reference: str
+    digest: str
+    form: Form
+    ref: str
+    files: int
+    bytes: int
+    layers_fetched: int
+    bytes_received: int
+    passed_over: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# -- annotations and configs -------------------------------------------------------------------
+
+
+def env_annotations(manifest: Manifest) -> dict[str, str]:
+    """The env key's parts, job name and content id, readable without pulling a layer."""
+    key = EnvKey.from_dict(manifest.env)
+    parts = {
+        "job": manifest.name,
+        "content-id": manifest.content_id,
+        "env-tag": manifest.env_tag,
+        "env": json.dumps(key.to_dict(), sort_keys=True, separators=(",", ":")),
+        "torch": key.torch,
+        "backend": key.backend,
+        "cuda": key.cuda,
+        "hip": key.hip,
+        "cc": key.cc,
+        "gfx-arch": key.gfx_arch,
+        "triton": key.triton,
+        "vllm": key.vllm,
+    }
+    found = {f"{_ANNOTATION}.{name}": value for name, value in parts.items() if value}
+    found["org.opencontainers.image.created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    found["org.opencontainers.image.title"] = f"warmer bundle {manifest.ref}"
+    return found
+
+
+def _warmer_config(manifest: Manifest, layers: list[LayerFiles]) -> dict[str, Any]:
+    return {
+        "format": 1,
+        "manifest": manifest.to_dict(),
+        "layers": [layer.to_dict() for layer in layers],
+    }
+
+
+def _config_blob(form: Form, manifest: Manifest, layers: list[LayerFiles]) -> bytes:
+    warmer_part = _warmer_config(manifest, layers)
+    if form == "artifact":
+        document: dict[str, Any] = {"warmer": warmer_part}
+    else:
+        labels = {k: v for k, v in env_annotations(manifest).items() if k.startswith(_ANNOTATION)}
+        document = {
+            "architecture": _goarch(),
+            "os": "linux",
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(MEMBER_MTIME)),
+            "config": {"Labels": labels},
+            "rootfs": {"type": "layers", "diff_ids": [layer.diff_id for layer in layers]},
+            "history": [{"created_by": "warmer push --as-image"} for _ in layers],
+            "warmer": warmer_part,
+        }
+    return json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _goarch() -> str:
+    machine = platform.machine().lower()
+    return {"x86_64": "amd64", "aarch64": "arm64", "arm64": "arm64"}.get(machine, machine)
+
+
+# -- reading what is published -----------------------------------------------------------------
+
+
+def read_published(registry: Registry, tag_or_digest: str) -> Published | None:
+    """The warmer content at a tag, or None when the tag does not exist."""
+    found = registry.get_manifest(tag_or_digest)
+    if found is None:
+        return None
+    digest, document = found
+    reference = registry.reference.with_tag(tag_or_digest)
+    config = document.get("config") or {}
+    if config.get("mediaType") == ARTIFACT_CONFIG:
+        form: Form = "artifact"
+    elif config.get("mediaType") == IMAGE_CONFIG and f"{_ANNOTATION}.job" in (
+        document.get("annotations") or {}
+    ):
+        form = "image"
+    else:
+        raise RegistryError(f"{reference}: not a warmer bundle (no warmer config)")
+    blob = registry.get_blob(str(config["digest"]), int(config["size"]), limit=_CONFIG_LIMIT)
+    try:
+        part = json.loads(blob)["warmer"]
+        manifest = Manifest.from_bytes(json.dumps(part["manifest"]).encode())
+        layers = [LayerFiles.from_dict(item) for item in part["layers"]]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise RegistryError(f"{reference}: the warmer config is malformed: {exc!r}") from exc
+    except BundleError as exc:
+        raise RegistryError(f"{reference}: the manifest in its config is invalid: {exc}") from exc
+    listed = [(layer["digest"], int(layer["size"])) for layer in document.get("layers") or []]
+    if listed != [(layer.digest, layer.size) for layer in layers]:
+        raise RegistryError(f"{reference}: the config's layers do not match the manifest's")
+    return Published(reference, digest, form, manifest, layers)
+
+
+def select_tag(registry: Registry, here: EnvKey | None = None) -> tuple[str, list[dict[str, Any]]]:
+    """The tag whose env key matches this machine, and every other tag with why it was passed.
+
+    Among matching tags the one with the fewest warnings wins, then the newest push.
+    """
+    here = here or EnvKey.probe()
+    tags = registry.tags()
+    if not tags:
+        raise UsageError(f"{registry.reference}: the repository has no tags")
+
+    def judge(tag: str) -> tuple[str, list[str], list[str], str]:
+        found = registry.get_manifest(tag)
+        notes = (found[1].get("annotations") or {}) if found else {}
+        env_text = notes.get(f"{_ANNOTATION}.env")
+        if not env_text:
+            return tag, ["not a warmer bundle"], [], ""
+        try:
+            key = EnvKey.from_dict(json.loads(env_text))
+        except (ValueError, TypeError):
+            return tag, ["its env annotation is unreadable"], [], ""
+        differences = compare(key, here)
+        mismatches = [str(d) for d in differences if d.severity == "mismatch"]
+        warnings = [str(d) for d in differences if d.severity == "warning"]
+        return tag, mismatches, warnings, notes.get("org.opencontainers.image.created", "")
+
+    with ThreadPoolExecutor(_WORKERS) as pool:
+        judged = list(pool.map(judge, tags))
+    fitting = [item for item in judged if not item[1]]
+    if not fitting:
+        reasons = "\n  ".join(f"{tag}: {'; '.join(why)}" for tag, why, _w, _c in judged)
+        raise UsageError(
+            f"{registry.reference}: no tag matches this machine ({here.tag}):\n  {reasons}"
+        )
+    fitting.sort(key=lambda item: (len(item[2]), _negated(item[3])))
+    chosen = fitting[0][0]
+    passed = [
+        {"tag": tag, "reasons": why or [f"a better match was chosen ({len(warnings)} warnings)"]}
+        for tag, why, warnings, _created in judged
+        if tag != chosen
+    ]
+    return chosen, passed
+
+
+def _negated(created: str) -> tuple[int, ...]:
+    """Sort key that puts later ISO timestamps first."""
+    return tuple(-ord(c) for c in created)
+
+
+# -- push --------------------------------------------------------------------------------------
+
+
+def push(
+    store: Store,
+    ref: str,
+    target: Reference,
+    *,
+    form: Form = "artifact",
+    insecure: bool = False,
+    base: str | None = None,
+    progress: Progress | None = None,
+) -> PushReport:
+    """Push the snapshot `ref` of `store` to `target` (default tag: its env tag)."""
+    _info, manifest = store.resolve(ref)
+    registry = Registry(target, insecure=insecure)
+    tag = target.tag or manifest.env_tag
+    reference = target.with_tag(tag)
+    base_published = _find_base(registry, tag, base, manifest, form)
+    plan = plan_layers(manifest, base_published.layers if base_published else [], form)
+    say = progress or (lambda _step, _detail: None)
+    layers: list[LayerFiles] = []
+    uploaded = reused = 0
+
+    def build_and_upload(files: list[FileEntry], whiteouts: list[str]) -> tuple[LayerFiles, bool]:
+        with tempfile.TemporaryFile() as spool:
+            layer = _write_layer(files, whiteouts, store, spool, form)
+            sent = registry.upload_blob(cast(BinaryIO, spool), layer.digest, layer.size)
+        return layer, sent
+
+    with ThreadPoolExecutor(min(_WORKERS, max(1, len(plan)))) as pool:
+        jobs = []
+        for item in plan:
+            if isinstance(item, LayerFiles):
+                jobs.append(pool.submit(_reuse, registry, item))
+            else:
+                jobs.append(pool.submit(build_and_upload, *item))
+        for number, job in enumerate(jobs, start=1):
+            layer, sent = job.result()
+            layers.append(layer)
+            is_reused = isinstance(plan[number - 1], LayerFiles)
+            reused += is_reused
+            uploaded += sent
+            state = "reused" if is_reused else ("uploaded" if sent else "already there")
+            say("layer", f"{number}/{len(plan)} {state} {layer.digest[7:19]} ({_mb(layer.size)})")
+    config = _config_blob(form, manifest, layers)
+    config_digest = "sha256:" + hashlib.sha256(config).hexdigest()
+    registry.upload_blob(config, config_digest, len(config))
+    document: dict[str, Any] = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {
+            "mediaType": ARTIFACT_CONFIG if form == "artifact" else IMAGE_CONFIG,
+            "digest": config_digest,
+            "size": len(config),
+        },
+        "layers": [
+            {"mediaType": layer.media_type, "digest": layer.digest, "size": layer.size}
+            for layer in layers
+        ],
+        "annotations": env_annotations(manifest),
+    }
+    if form == "artifact":
+        document["artifactType"] = ARTIFACT_TYPE
+    body = json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
+    digest = registry.put_manifest(tag, body)
+    return PushReport(
+        reference=str(reference),
+        digest=digest,
+        form=form,
+        files=len(manifest.files),
+        bytes=manifest.total_size,
+        layers=len(layers),
+        layers_reused=reused,
+        layers_uploaded=uploaded,
+        bytes_sent=registry.sent.bytes,
+        base=str(base_published.reference) if base_published else None,
+    )
+
+
+def _reuse(registry: Registry, layer: LayerFiles) -> tuple[LayerFiles, bool]:
+    """A base layer kept as it is (its blob must still be in the repository)."""
+    if registry.has_blob(layer.digest):
+        return layer, False
+    raise RegistryError(
+        f"{registry.reference}: base layer {layer.digest} is gone from the registry; "
+        "push again with --base none"
+    )
+
+
+def _find_base(
+    registry: Registry, tag: str, base: str | None, manifest: Manifest, form: Form
+) -> Published | None:
+    """The published content to cut layers against (see the module docstring)."""
+    if base == "none":
+        return None
+    candidates = [base] if base else [tag]
+    if not base:
+        others = [t for t in registry.tags() if t != tag]
+        candidates += others[-_BASE_CANDIDATES:]
+    best: Published | None = None
+    best_shared = 0
+    wanted = {(entry.path, entry.digest) for entry in manifest.files}
+    for candidate in candidates:
+        try:
+            published = read_published(registry, candidate)
+        except RegistryError:
+            if base:
+                raise
+            continue
+        if published is None:
+            if base:
+                raise UsageError(f"--base {base}: no such tag in {registry.reference}")
+            continue
+        if published.form != form or (not base and published.manifest.name != manifest.name):
+            continue
+        shared = sum(
+            size
+            for layer in published.layers
+            for path, digest, size in layer.files
+            if (path, digest) in wanted
+        )
+        if shared > best_shared:
+            best, best_shared = published, shared
+    return best
+
+
+def plan_layers(
+    manifest: Manifest, base: list[LayerFiles], form: Form
+) -> list[LayerFiles | tuple[list[FileEntry], list[str]]]:
+    """Which base layers to keep, and the new layers (files, whiteouts) to build on top."""
+    wanted = {entry.path: entry for entry in manifest.files}
+    top: dict[str, int] = {}
+    for position, layer in enumerate(base):
+        for path, _digest, _size in layer.files:
+            top[path] = position
+        for path in layer.whiteouts:
+            top.pop(path, None)
+    kept: list[LayerFiles] = []
+    for position, layer in enumerate(base):
+        total = sum(size for _p, _d, size in layer.files) or 1
+        live = sum(
+            size
+            for path, digest, size in layer.files
+            if top.get(path) == position and path in wanted and wanted[path].digest == digest
+        )
+        if live / total >= REUSE_MIN_LIVE:
+            kept.append(layer)
+    view: dict[str, str] = {}
+    for layer in kept:
+        for path, digest, _size in layer.files:
+            view[path] = digest
+        for path in layer.whiteouts:
+            view.pop(path, None)
+    fresh = [entry for entry in manifest.files if view.get(entry.path) != entry.digest]
+    whiteouts = sorted(path for path in view if path not in wanted) if form == "image" else []
+    chunks = _chunks(fresh)
+    if whiteouts:
+        if chunks:
+            chunks[-1] = (chunks[-1][0], whiteouts)
+        else:
+            chunks.append(([], whiteouts))
+    if len(kept) + len(chunks) > MAX_LAYERS:
+        return [(files, []) for files, _w in _chunks(list(manifest.files))]
+    return [*kept, *chunks]
+
+
+def _chunks(entries: list[FileEntry]) -> list[tuple[list[FileEntry], list[str]]]:
+    """Path-ordered runs of about LAYER_BYTES, at most MAX_LAYERS of them."""
+    total = sum(entry.size for entry in entries)
+    limit = max(LAYER_BYTES, total // MAX_LAYERS + 1)
+    chunks: list[tuple[list[FileEntry], list[str]]] = []
+    current: list[FileEntry] = []
+    size = 0
+    for entry in entries:
+        current.append(entry)
+        size += entry.size
+        if size >= limit:
+            chunks.append((current, []))
+            current, size = [], 0
+    if current:
+        chunks.append((current, []))
+    return chunks
+
+
+class _Hashing:
+    """A write-through stream that counts and sha256-hashes what passes."""
+
+    def __init__(self, out: IO[bytes]) -> None:
+        self.out, self.hash, self.size = out, hashlib.sha256(), 0
+
+    def write(self, data: bytes) -> int:
+        self.hash.update(data)
+        self.size += len(data)
+        return self.out.write(data)
+
+    def flush(self) -> None:
+        self.out.flush()
+
+
+def _write_layer(
+    files: list[FileEntry], whiteouts: list[str], store: Store, spool: IO[bytes], form: Form
+) -> LayerFiles:
+    """A deterministic layer tar (compressed) in `spool`, with its digest and diff_id."""
+    compressed = _Hashing(spool)
+    with compressed_writer(cast(IO[bytes], compressed), _COMPRESSION[form]) as stream:
+        plain = _Hashing(stream)
+        with tarfile.open(
+            fileobj=cast(IO[bytes], plain), mode="w|", format=tarfile.PAX_FORMAT
+        ) as tar:
+            members: list[tuple[str, FileEntry | None]] = [
+                (member_name(entry.path), entry) for entry in files
+            ]
+            members += [(_whiteout_name(path), None) for path in whiteouts]
+            for name, entry in sorted(members, key=lambda item: item[0]):
+                if entry is None:
+                    tar.addfile(tar_member(name, 0, 0o644), None)
+                    continue
+                with store.open_object(entry.digest) as obj:
+                    tar.addfile(tar_member(name, entry.size, entry.mode), obj)
+    spool.flush()
+    return LayerFiles(
+        digest="sha256:" + compressed.hash.hexdigest(),
+        size=compressed.size,
+        diff_id="sha256:" + plain.hash.hexdigest(),
+        media_type=LAYER_TYPES[form],
+        files=[(entry.path, entry.digest, entry.size) for entry in files],
+        whiteouts=whiteouts,
+    )
+
+
+def _whiteout_name(path: str) -> str:
+    head, _, tail = path.rpartition("/")
+    return member_name(f"{head}/.wh.{tail}")
+
+
+def _mb(size: int) -> str:
+    return f"{size / 1e6:.1f} MB"
+
+
+# -- pull --------------------------------------------------------------------------------------
+
+
+def pull(
+    store: Store,
+    source: Reference,
+    *,
+    auto: bool = False,
+    insecure: bool = False,
+    progress: Progress | None = None,
+) -> PullReport:
+    """Copy a published bundle into `store`, checking every blob's sha256 and file's blake3."""
+    registry = Registry(source, insecure=insecure)
+    say = progress or (lambda _step, _detail: None)
+    passed: list[dict[str, Any]] = []
+    if auto:
+        if source.tag or source.digest:
+            raise UsageError(f"{source}: --auto picks the tag itself; name only REGISTRY/REPO")
+        tag, passed = select_tag(registry)
+        say("tag", f"picked {tag} (matches this machine)")
+        for item in passed:
+            say("tag", f"passed over {item['tag']}: {'; '.join(item['reasons'])}")
+        wanted = tag
+    else:
+        wanted = source.digest or source.tag or ""
+        if not wanted:
+            raise UsageError(f"{source}: name a tag (REPO:TAG) or pass --auto to pick one")
+    published = read_published(registry, wanted)
+    if published is None:
+        raise UsageError(f"{source.with_tag(wanted)}: no such tag")
+    fetched, received = _fetch(registry, published, store, say)
+    info: SnapshotInfo = store.commit(published.manifest)
+    return PullReport(
+        reference=str(source.with_tag(wanted)),
+        digest=published.digest,
+        form=published.form,
+        ref=info.ref,
+        files=len(published.manifest.files),
+        bytes=published.manifest.total_size,
+        layers_fetched=fetched,
+        bytes_received=received,
+        passed_over=passed,
+    )
+
+
+def _fetch(
+    registry: Registry, published: Published, store: Store, say: Progress
+) -> tuple[int, int]:
+    """Download the layers that hold files missing from the store; returns (layers, bytes)."""
+    missing = {entry.digest for entry in published.manifest.files if not store.has(entry.digest)}
+    if not missing:
+        return 0, 0
+    plan: dict[int, set[str]] = {}
+    for digest in missing:
+        for position in range(len(published.layers) - 1, -1, -1):
+            layer = published.layers[position]
+            if any(d == digest for _p, d, _s in layer.files):
+                plan.setdefault(position, set()).add(digest)
+                break
+        else:
+            raise RegistryError(
+                f"{published.reference}: no layer holds {digest} that the manifest lists"
+            )
+
+    def one(position: int) -> int:
+        layer = published.layers[position]
+        need = plan[position]
+        listed = {path: digest for path, digest, _s in layer.files}
+        with registry.open_blob(layer.digest, layer.size) as blob:
+            try:
+                for name, member in _layer_members(blob, layer.media_type):
+                    path = "/" + name
+                    digest = listed.get(path)
+                    if digest is None or digest not in need:
+                        continue
+                    got, _size = store.put_stream(member, None)
+                    if got != digest:
+                        raise RegistryError(
+                            f"{published.reference}: {path} in layer {layer.digest[7:19]} does "
+                            f"not match its blake3 ({got[7:19]}…, expected {digest[7:19]}…)"
+                        )
+                    need.discard(digest)
+            except RegistryError:
+                blob.drain()  # a blob that fails its sha256 is the better explanation
+                raise
+            blob.drain()
+        if need:
+            raise RegistryError(
+                f"{published.reference}: layer {layer.digest} lacks {len(need)} file(s) its "
+                "record lists"
+            )
+        say("layer", f"fetched {layer.digest[7:19]} ({_mb(layer.size)})")
+        return layer.size
+
+    with ThreadPoolExecutor(min(_WORKERS, len(plan))) as pool:
+        sizes = list(pool.map(one, sorted(plan)))
+    return len(sizes), sum(sizes)
+
+
+def _layer_members(checked: CheckedStream, media_type: str) -> Iterator[tuple[str, BinaryIO]]:
+    """(member name, stream) for each regular file of a compressed layer tar."""
+    blob = cast(IO[bytes], checked)
+    if media_type.endswith("+zstd"):
+        import zstandard
+
+        decompressed: IO[bytes] = zstandard.ZstdDecompressor().stream_reader(blob)
+    elif media_type.endswith("+gzip"):
+        import gzip
+
+        decompressed = cast(IO[bytes], gzip.GzipFile(fileobj=blob, mode="rb"))
+    else:
+        raise RegistryError(f"layer media type {media_type!r} is not one warmer writes")
+    try:
+        with tarfile.open(fileobj=decompressed, mode="r|") as tar:
+            for info in tar:
+                if info.isreg():
+                    stream = tar.extractfile(info)
+                    if stream is not None:
+                        yield info.name, cast(BinaryIO, stream)
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise RegistryError(f"a layer is not a readable tar: {exc}") from exc
+    except Exception as exc:
+        if "zstd" not in type(exc).__name__.lower():
+            raise
+        raise RegistryError(f"a layer does not decompress: {exc}") from exc
+
+
+def pull_ref(
+    store: Store,
+    ref: str,
+    registry: str,
+    *,
+    insecure: bool = False,
+    progress: Progress | None = None,
+) -> PullReport:
+    """The cold tier: fetch the store ref `name@env-tag` (or a bare name, --auto) from the
+    configured REGISTRY/PREFIX, where each job lives in PREFIX/<name> tagged by env tag."""
+    from warmer.oci import sanitize_repository
+
+    name, at, env_tag = ref.partition("@")
+    base = Reference.parse(registry)
+    repository = f"{base.repository}/{sanitize_repository(name)}"
+    source = Reference(base.registry, repository, env_tag if at else None)
+    return pull(store, source, auto=not at, insecure=insecure, progress=progress)
+
+
+def tier_reference(registry: str, manifest: Manifest) -> Reference:
+    """Where the cold tier keeps `manifest`: REGISTRY/PREFIX/<name>:<env tag>."""
+    from warmer.oci import sanitize_repository
+
+    base = Reference.parse(registry)
+    return Reference(
+        base.registry, f"{base.repository}/{sanitize_repository(manifest.name)}", manifest.env_tag
+    )
