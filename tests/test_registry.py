@@ -12,7 +12,7 @@ import os
 import random
 import subprocess
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -410,3 +410,85 @@ def test_run_push_publishes_each_job_to_the_registry(tmp_path: Path) -> None:
     pulled = warmer("pull", f"{tier}/small", "--auto", "--store", tmp_path / "other", "--json")
     assert pulled.exit_code == 0, pulled.output
     assert json.loads(pulled.stdout)["files"] == result["files"]
+
+
+#: bcrypt of "s3cret" (what `htpasswd -B` writes): the registry below checks Basic auth with it.
+_HTPASSWD = "robot:$2b$12$ubXkas7oDkZRlEsSbyzYaubHXhyV9R2KgZ8GlMYCN0Sh6Z5GoWacC\n"
+_PASSWORD = "s3cret"
+
+
+@pytest.fixture
+def auth_registry(tmp_path: Path) -> Iterator[str]:
+    """A second real registry that demands credentials (htpasswd, Basic)."""
+    import shutil
+    import socket
+    import time
+
+    import requests
+
+    program = shutil.which("docker-registry")
+    if program is None:
+        pytest.skip("docker-registry is not installed (run .ci/registry-up)")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    (tmp_path / "htpasswd").write_text(_HTPASSWD)
+    config = tmp_path / "auth-registry.yml"
+    config.write_text(
+        "version: 0.1\nlog: {level: error}\n"
+        f"storage: {{filesystem: {{rootdirectory: {tmp_path / 'data'}}}}}\n"
+        f"http: {{addr: 127.0.0.1:{port}}}\n"
+        f"auth: {{htpasswd: {{realm: warmer-test, path: {tmp_path / 'htpasswd'}}}}}\n"
+    )
+    server = subprocess.Popen([program, "serve", str(config)], stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            try:
+                if requests.get(f"http://127.0.0.1:{port}/v2/", timeout=1).status_code == 401:
+                    break
+            except requests.RequestException:
+                time.sleep(0.1)
+        else:
+            pytest.fail("the auth registry did not start")
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def test_credentials_reach_the_registry_and_nothing_else(
+    tmp_path: Path, auth_registry: str
+) -> None:
+    store = tmp_path / "store"
+    ref = synthetic(Store(store), "job", {"/c/a": 1000})
+    empty_docker = tmp_path / "no-docker-config"
+    empty_docker.mkdir()
+    anonymous = {"DOCKER_CONFIG": str(empty_docker), "WARMER_REGISTRY_USERNAME": "",
+                 "WARMER_REGISTRY_PASSWORD": ""}  # fmt: skip
+    refused = warmer("push", ref, f"{auth_registry}/team/x:t", "--store", store, env=anonymous)
+    assert refused.exit_code == 1 and "docker login" in refused.output, refused.output
+
+    with_env = {
+        **anonymous,
+        "WARMER_REGISTRY_USERNAME": "robot",
+        "WARMER_REGISTRY_PASSWORD": _PASSWORD,
+    }
+    pushed = warmer("push", ref, f"{auth_registry}/team/x:t", "--store", store, env=with_env)
+    assert pushed.exit_code == 0, pushed.output
+
+    docker_config = tmp_path / "docker"
+    docker_config.mkdir()
+    auth = base64.b64encode(f"robot:{_PASSWORD}".encode()).decode()
+    (docker_config / "config.json").write_text(
+        json.dumps({"auths": {auth_registry: {"auth": auth}}})
+    )
+    from_docker = {**anonymous, "DOCKER_CONFIG": str(docker_config)}
+    pulled = warmer(
+        "pull", f"{auth_registry}/team/x:t", "--store", tmp_path / "s2", env=from_docker
+    )
+    assert pulled.exit_code == 0, pulled.output
+    for output in (refused.output, pushed.output, pulled.output):
+        assert _PASSWORD not in output and auth not in output
+    for path in (tmp_path / "s2").rglob("*"):
+        if path.is_file():
+            assert _PASSWORD.encode() not in path.read_bytes(), path
