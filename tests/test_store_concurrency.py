@@ -216,3 +216,29 @@ def test_threads_share_one_store_from_its_first_use(tmp_path: Path, triton_cache
 def one_file_manifest(store: Store, name: str) -> Manifest:
     entry = FileEntry("/a", "other", store.put_bytes(name.encode()), 1, 0o644)
     return Manifest(name, {}, "tag", "blake3:00", (entry,))
+
+
+def _open_together(path: str, start: float) -> str:
+    from warmer.sqlite import connect
+
+    while time.time() < start:
+        pass
+    try:
+        connect(Path(path)).execute("CREATE TABLE IF NOT EXISTS t (x)")
+    except Exception as exc:  # reported, not raised: the parent asserts on every process
+        return f"{type(exc).__name__}: {exc}"
+    return ""
+
+
+def test_processes_opening_a_new_index_together_all_get_in(tmp_path: Path) -> None:
+    """SQLite refuses the WAL switch at once ("database is locked") when several processes
+    create the file together; every one of them must still open it (it once failed in CI)."""
+    import multiprocessing
+
+    errors: list[str] = []
+    with multiprocessing.get_context("fork").Pool(6) as pool:
+        for attempt in range(12):
+            path = str(tmp_path / f"index-{attempt}.sqlite")
+            start = time.time() + 0.2
+            errors += [e for e in pool.starmap(_open_together, [(path, start)] * 6) if e]
+    assert errors == []

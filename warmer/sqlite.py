@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,9 +21,24 @@ def connect(
         path, timeout=busy_timeout, isolation_level=None, check_same_thread=not any_thread
     )
     db.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-    db.execute("PRAGMA journal_mode = WAL")
+    _use_wal(db, time.monotonic() + busy_timeout)
     db.execute("PRAGMA synchronous = NORMAL")
     return db
+
+
+def _use_wal(db: sqlite3.Connection, deadline: float) -> None:
+    """Switch to WAL once per database file (the mode is persistent). SQLite answers "locked"
+    at once, without waiting on the busy timeout, when processes open a new file together,
+    so the switch is retried until the deadline."""
+    while True:
+        try:
+            if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                db.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 @contextlib.contextmanager
