@@ -82,8 +82,9 @@ def check_environment(manifest: Manifest, *, force: bool) -> list[str]:
 
 
 def restore(
-    path: str | Path,
+    source: str | Path,
     *,
+    store: Store | None = None,
     root: str | Path = "/",
     force: bool = False,
     dry_run: bool = False,
@@ -91,16 +92,18 @@ def restore(
     check_env: bool = True,
     progress: RestoreProgress | None = None,
 ) -> RestoreReport:
-    """Install the bundle at `path` under `root` (see the module docstring).
+    """Install the bundle at `source` under `root` (see the module docstring); with `store`,
+    the snapshot `source` of that store (pulled from a registry, say), re-hashing every
+    object on the way so that a damaged store installs nothing.
 
     Raises EnvMismatch (exit 4) when the bundle was made for another environment and `force`
     is false, BundleError (exit 2) for a corrupt or hostile bundle.
     """
-    with open_bundle(Path(path)) as bundle:
+    with _opened(source, store) as (label, manifest, files):
         return _install(
-            str(path),
-            bundle.manifest,
-            bundle.files(),
+            label,
+            manifest,
+            files,
             root=root,
             force=force,
             dry_run=dry_run,
@@ -110,19 +113,16 @@ def restore(
         )
 
 
-def restore_snapshot(
-    store: Store,
-    ref: str,
-    *,
-    root: str | Path = "/",
-    force: bool = False,
-    dry_run: bool = False,
-    mapping: Mapping[str, str] | None = None,
-    progress: RestoreProgress | None = None,
-) -> RestoreReport:
-    """Install the snapshot `ref` of `store` (pulled from a registry, say) the same way:
-    every object is re-hashed on the way, so a damaged store installs nothing."""
-    _info, manifest = store.resolve(ref)
+@contextlib.contextmanager
+def _opened(
+    source: str | Path, store: Store | None
+) -> Iterator[tuple[str, Manifest, Iterator[tuple[FileEntry, VerifiedReader]]]]:
+    """(label, manifest, verified file stream) of a bundle file or a store snapshot."""
+    if store is None:
+        with open_bundle(Path(source)) as bundle:
+            yield str(source), bundle.manifest, bundle.files()
+        return
+    _info, manifest = store.resolve(str(source))
     label = f"{store.root}:{manifest.ref}"
 
     def files() -> Iterator[tuple[FileEntry, VerifiedReader]]:
@@ -132,17 +132,7 @@ def restore_snapshot(
                 yield entry, reader
                 reader.finish()
 
-    return _install(
-        label,
-        manifest,
-        files(),
-        root=root,
-        force=force,
-        dry_run=dry_run,
-        mapping=mapping,
-        check_env=True,
-        progress=progress,
-    )
+    yield label, manifest, files()
 
 
 def _install(

@@ -149,7 +149,6 @@ def restore(
     from warmer.errors import UsageError
     from warmer.oci import Reference
     from warmer.restore import restore as restore_bundle
-    from warmer.restore import restore_snapshot
     from warmer.store import Store
 
     mapping: dict[str, str] = {}
@@ -171,7 +170,7 @@ def restore(
             else:
                 ref = local_or_tier(opened, source, insecure)[0].ref
             with progress_bar("restoring") as update:
-                report = restore_snapshot(opened, ref, progress=update, **options)  # type: ignore[arg-type]
+                report = restore_bundle(ref, store=opened, progress=update, **options)  # type: ignore[arg-type]
     if as_json:
         emit_json(report.to_dict())
         return
