@@ -100,7 +100,9 @@ class Engine:
     def containers(self, run_id: str) -> list[Any]:
         """Containers of one test, by label (what `docker ps -a --filter label=...` lists)."""
         return list(
-            self.client.containers.list(all=True, filters={"label": f"warmer.run={run_id}"})
+            self.client.containers.list(
+                all=True, filters={"label": f"warmer.run={run_id}"}, ignore_removed=True
+            )
         )
 
 

@@ -190,9 +190,12 @@ class Engines:
     second: Any
     pid_file: Path | None
 
-    def containers(self, client: Any, *names: str) -> list[Any]:
-        found = client.containers.list(all=True, filters={"label": "warmer.managed=1"})
-        return [c for c in found if c.labels.get("warmer.job") in names]
+    def containers(self, client: Any, *names: str) -> list[dict[str, Any]]:
+        """Containers of these jobs, as the engine's list returns them (one call: the SDK's
+        `containers.list` inspects each one after listing, and a container the run removes
+        in between would make it raise)."""
+        found = client.api.containers(all=True, filters={"label": "warmer.managed=1"})
+        return [c for c in found if (c.get("Labels") or {}).get("warmer.job") in names]
 
 
 def _client_with_image(url: str, what: str) -> Any:
@@ -260,7 +263,7 @@ def wait_for(what: str, condition: Callable[[], bool], process: subprocess.Popen
 
 
 def running(engines: Engines, client: Any, name: str) -> bool:
-    return any(c.status == "running" for c in engines.containers(client, name))
+    return any(c.get("State") == "running" for c in engines.containers(client, name))
 
 
 @pytest.mark.docker
@@ -361,7 +364,7 @@ def _restart_dockerd(argv: list[str], engines: Engines) -> None:
         time.sleep(0.5)
     engines.pid_file.write_text(own_pid_file.read_text().strip() + "\n")
     for container in engines.containers(engines.second, "fan-ok", "fan-dies"):
-        container.remove(force=True)
+        engines.second.api.remove_container(container["Id"], force=True)
 
 
 @pytest.mark.docker

@@ -274,12 +274,15 @@ def prune(
 
 
 def _prune_limits(max_size: str | None, older_than: str | None) -> tuple[int | None, float | None]:
-    """Parse the options; with neither, fall back to $WARMER_MAX_SIZE."""
+    """Parse the options; with neither, fall back to the configured budget."""
     size_source = "--max-size"
     if max_size is None and older_than is None:
-        max_size, size_source = default_max_store_size(), "$WARMER_MAX_SIZE"
+        max_size, size_source = default_max_store_size(), "$WARMER_MAX_SIZE or store.max_size"
         if max_size is None:
-            raise UsageError("prune needs --max-size or --older-than (or $WARMER_MAX_SIZE)")
+            raise UsageError(
+                "prune needs --max-size or --older-than "
+                "(or a budget: $WARMER_MAX_SIZE, store.max_size in the config)"
+            )
     try:
         budget = parse_size(max_size) if max_size is not None else None
     except ValueError as exc:
