@@ -112,7 +112,7 @@ def run(work: Path, registry: str, size: int, share: float, image: bool) -> None
     for label, sent, seconds in (
         ("first push", one.bytes_sent, push_s),
         ("second push (warmer, base layers reused)", two.bytes_sent, again_s),
-        ("second push as one bundle blob", whole.sent.bytes, blob_s),
+        ("second push as one bundle blob", whole.bytes_sent, blob_s),
     ):
         print(f"{label:<44}{format_size(sent):>11}{seconds:>8.1f}s{sent / one.bytes_sent:>8.2f}")
     print(f"layers: first {one.layers}, second {two.layers} ({two.layers_reused} reused)")

@@ -179,14 +179,6 @@ def _from_helper(helper: str, server: str) -> tuple[str, str] | None:
 # -- the client ------------------------------------------------------------------------------
 
 
-@dataclass
-class Sent:
-    """Bytes that went over the wire in request bodies, for push reports and benchmarks."""
-
-    bytes: int = 0
-    blobs: int = 0
-
-
 class Registry:
     """One registry, one repository; thread-safe for concurrent blob transfers."""
 
@@ -202,7 +194,8 @@ class Registry:
         self._token: str | None = None
         self._token_lock = threading.Lock()
         self._base: str | None = None
-        self.sent = Sent()
+        #: bytes sent in request bodies (blobs and manifests), for push reports and benchmarks
+        self.bytes_sent = 0
         self._sent_lock = threading.Lock()
 
     # transport ------------------------------------------------------------------------------
@@ -235,7 +228,13 @@ class Registry:
         return self._base
 
     def _request(
-        self, method: str, path: str, *, ok: tuple[int, ...] = (200,), **kwargs: Any
+        self,
+        method: str,
+        path: str,
+        *,
+        ok: tuple[int, ...] = (200,),
+        headers: Mapping[str, str] | None = None,
+        **kwargs: Any,
     ) -> Any:
         """One request with authentication; a 401 fetches a token (or uses Basic) and retries."""
         import requests
@@ -244,22 +243,20 @@ class Registry:
         kwargs.setdefault("timeout", _TIMEOUT_S)
         body = kwargs.get("data")
         for attempt in range(2):
-            headers = dict(kwargs.pop("headers", {}) or {})
+            sent_headers = dict(headers or {})
             if self._token:
-                headers["Authorization"] = self._token
+                sent_headers["Authorization"] = self._token
+            if body is not None and hasattr(body, "seek"):
+                body.seek(0)  # a retry sends the whole body again
             try:
-                if body is not None and hasattr(body, "seek"):
-                    body.seek(0)
-                response = self._session.request(method, url, headers=headers, **kwargs)
+                response = self._session.request(method, url, headers=sent_headers, **kwargs)
             except requests.exceptions.RequestException as exc:
                 raise RegistryError(
                     f"{self.reference.registry}: {method} failed: {_reason(exc)}"
                 ) from None
-            kwargs["headers"] = {k: v for k, v in headers.items() if k != "Authorization"}
-            if response.status_code == 401 and attempt == 0:
-                self._authenticate(response.headers.get("WWW-Authenticate", ""))
-                continue
-            break
+            if response.status_code != 401 or attempt:
+                break
+            self._authenticate(response.headers.get("WWW-Authenticate", ""))
         if response.status_code not in ok:
             raise RegistryError(_explain(response, method, self.reference))
         return response
@@ -321,8 +318,7 @@ class Registry:
             headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)},
         )
         with self._sent_lock:
-            self.sent.bytes += size
-            self.sent.blobs += 1
+            self.bytes_sent += size
         return True
 
     @contextlib.contextmanager
@@ -342,9 +338,7 @@ class Registry:
                 f"{self.reference}: blob {digest} is {size} bytes, more than expected"
             )
         with self.open_blob(digest, size) as stream:
-            data = stream.read()
-            stream.read()  # the check at the end
-        return data
+            return stream.read()  # to the end, where size and sha256 are checked
 
     # manifests and tags ---------------------------------------------------------------------
 
@@ -357,7 +351,7 @@ class Registry:
             headers={"Content-Type": media_type},
         )
         with self._sent_lock:
-            self.sent.bytes += len(body)
+            self.bytes_sent += len(body)
         return "sha256:" + hashlib.sha256(body).hexdigest()
 
     def get_manifest(self, tag_or_digest: str) -> tuple[str, dict[str, Any]] | None:

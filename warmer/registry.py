@@ -31,7 +31,15 @@ from typing import IO, Any, BinaryIO, Literal, cast
 from warmer.bundle import MEMBER_MTIME, Format, compressed_writer, member_name, tar_member
 from warmer.envkey import EnvKey, compare
 from warmer.errors import BundleError, UsageError
-from warmer.oci import OCI_MANIFEST, CheckedStream, Reference, Registry, RegistryError
+from warmer.oci import (
+    OCI_MANIFEST,
+    CheckedStream,
+    Reference,
+    Registry,
+    RegistryError,
+    sanitize_repository,
+    sanitize_tag,
+)
 from warmer.store import SnapshotInfo, Store
 from warmer.store.manifest import FileEntry, Manifest
 
@@ -212,7 +220,7 @@ def read_published(registry: Registry, tag_or_digest: str) -> Published | None:
     blob = registry.get_blob(str(config["digest"]), int(config["size"]), limit=_CONFIG_LIMIT)
     try:
         part = json.loads(blob)["warmer"]
-        manifest = Manifest.from_bytes(json.dumps(part["manifest"]).encode())
+        manifest = Manifest.from_document(part["manifest"])
         layers = [LayerFiles.from_dict(item) for item in part["layers"]]
     except (ValueError, KeyError, TypeError) as exc:
         raise RegistryError(f"{reference}: the warmer config is malformed: {exc!r}") from exc
@@ -257,7 +265,8 @@ def select_tag(registry: Registry, here: EnvKey | None = None) -> tuple[str, lis
         raise UsageError(
             f"{registry.reference}: no tag matches this machine ({here.tag}):\n  {reasons}"
         )
-    fitting.sort(key=lambda item: (len(item[2]), _negated(item[3])))
+    fitting.sort(key=lambda item: item[3], reverse=True)  # newest push first …
+    fitting.sort(key=lambda item: len(item[2]))  # … among those with the fewest warnings
     chosen = fitting[0][0]
     passed = [
         {"tag": tag, "reasons": why or [f"a better match was chosen ({len(warnings)} warnings)"]}
@@ -265,11 +274,6 @@ def select_tag(registry: Registry, here: EnvKey | None = None) -> tuple[str, lis
         if tag != chosen
     ]
     return chosen, passed
-
-
-def _negated(created: str) -> tuple[int, ...]:
-    """Sort key that puts later ISO timestamps first."""
-    return tuple(-ord(c) for c in created)
 
 
 # -- push --------------------------------------------------------------------------------------
@@ -288,7 +292,7 @@ def push(
     """Push the snapshot `ref` of `store` to `target` (default tag: its env tag)."""
     _info, manifest = store.resolve(ref)
     registry = Registry(target, insecure=insecure)
-    tag = target.tag or manifest.env_tag
+    tag = target.tag or sanitize_tag(manifest.env_tag)
     reference = target.with_tag(tag)
     base_published = _find_base(registry, tag, base, manifest, form)
     plan = plan_layers(manifest, base_published.layers if base_published else [], form)
@@ -309,10 +313,10 @@ def push(
                 jobs.append(pool.submit(_reuse, registry, item))
             else:
                 jobs.append(pool.submit(build_and_upload, *item))
-        for number, job in enumerate(jobs, start=1):
+        for number, (item, job) in enumerate(zip(plan, jobs, strict=True), start=1):
             layer, sent = job.result()
             layers.append(layer)
-            is_reused = isinstance(plan[number - 1], LayerFiles)
+            is_reused = isinstance(item, LayerFiles)
             reused += is_reused
             uploaded += sent
             state = "reused" if is_reused else ("uploaded" if sent else "already there")
@@ -347,7 +351,7 @@ def push(
         layers=len(layers),
         layers_reused=reused,
         layers_uploaded=uploaded,
-        bytes_sent=registry.sent.bytes,
+        bytes_sent=registry.bytes_sent,
         base=str(base_published.reference) if base_published else None,
     )
 
@@ -404,28 +408,20 @@ def plan_layers(
 ) -> list[LayerFiles | tuple[list[FileEntry], list[str]]]:
     """Which base layers to keep, and the new layers (files, whiteouts) to build on top."""
     wanted = {entry.path: entry for entry in manifest.files}
-    top: dict[str, int] = {}
-    for position, layer in enumerate(base):
-        for path, _digest, _size in layer.files:
-            top[path] = position
-        for path in layer.whiteouts:
-            top.pop(path, None)
+    top = _visible(base)
     kept: list[LayerFiles] = []
     for position, layer in enumerate(base):
         total = sum(size for _p, _d, size in layer.files) or 1
         live = sum(
             size
             for path, digest, size in layer.files
-            if top.get(path) == position and path in wanted and wanted[path].digest == digest
+            if top.get(path, (-1, ""))[0] == position
+            and path in wanted
+            and wanted[path].digest == digest
         )
         if live / total >= REUSE_MIN_LIVE:
             kept.append(layer)
-    view: dict[str, str] = {}
-    for layer in kept:
-        for path, digest, _size in layer.files:
-            view[path] = digest
-        for path in layer.whiteouts:
-            view.pop(path, None)
+    view = {path: digest for path, (_position, digest) in _visible(kept).items()}
     fresh = [entry for entry in manifest.files if view.get(entry.path) != entry.digest]
     whiteouts = sorted(path for path in view if path not in wanted) if form == "image" else []
     chunks = _chunks(fresh)
@@ -435,8 +431,19 @@ def plan_layers(
         else:
             chunks.append(([], whiteouts))
     if len(kept) + len(chunks) > MAX_LAYERS:
-        return [(files, []) for files, _w in _chunks(list(manifest.files))]
+        return [*_chunks(list(manifest.files))]
     return [*kept, *chunks]
+
+
+def _visible(layers: list[LayerFiles]) -> dict[str, tuple[int, str]]:
+    """What a stack of layers shows at each path: (the layer on top, the file's digest)."""
+    shown: dict[str, tuple[int, str]] = {}
+    for position, layer in enumerate(layers):
+        for path, digest, _size in layer.files:
+            shown[path] = (position, digest)
+        for path in layer.whiteouts:
+            shown.pop(path, None)
+    return shown
 
 
 def _chunks(entries: list[FileEntry]) -> list[tuple[list[FileEntry], list[str]]]:
@@ -564,17 +571,14 @@ def _fetch(
     missing = {entry.digest for entry in published.manifest.files if not store.has(entry.digest)}
     if not missing:
         return 0, 0
+    holder = {digest: position for position, digest in _layer_digests(published.layers)}
     plan: dict[int, set[str]] = {}
     for digest in missing:
-        for position in range(len(published.layers) - 1, -1, -1):
-            layer = published.layers[position]
-            if any(d == digest for _p, d, _s in layer.files):
-                plan.setdefault(position, set()).add(digest)
-                break
-        else:
+        if digest not in holder:
             raise RegistryError(
                 f"{published.reference}: no layer holds {digest} that the manifest lists"
             )
+        plan.setdefault(holder[digest], set()).add(digest)
 
     def one(position: int) -> int:
         layer = published.layers[position]
@@ -609,6 +613,13 @@ def _fetch(
     with ThreadPoolExecutor(min(_WORKERS, len(plan))) as pool:
         sizes = list(pool.map(one, sorted(plan)))
     return len(sizes), sum(sizes)
+
+
+def _layer_digests(layers: list[LayerFiles]) -> Iterator[tuple[int, str]]:
+    """(layer position, file digest) from the bottom layer up: the last one seen is on top."""
+    for position, layer in enumerate(layers):
+        for _path, digest, _size in layer.files:
+            yield position, digest
 
 
 def _layer_members(checked: CheckedStream, media_type: str) -> Iterator[tuple[str, BinaryIO]]:
@@ -648,21 +659,14 @@ def pull_ref(
     progress: Progress | None = None,
 ) -> PullReport:
     """The cold tier: fetch the store ref `name@env-tag` (or a bare name, --auto) from the
-    configured REGISTRY/PREFIX, where each job lives in PREFIX/<name> tagged by env tag."""
-    from warmer.oci import sanitize_repository
-
+    configured REGISTRY/PREFIX (see `tier_reference`)."""
     name, at, env_tag = ref.partition("@")
-    base = Reference.parse(registry)
-    repository = f"{base.repository}/{sanitize_repository(name)}"
-    source = Reference(base.registry, repository, env_tag if at else None)
+    source = tier_reference(registry, name, env_tag if at else None)
     return pull(store, source, auto=not at, insecure=insecure, progress=progress)
 
 
-def tier_reference(registry: str, manifest: Manifest) -> Reference:
-    """Where the cold tier keeps `manifest`: REGISTRY/PREFIX/<name>:<env tag>."""
-    from warmer.oci import sanitize_repository
-
+def tier_reference(registry: str, name: str, env_tag: str | None) -> Reference:
+    """Where the cold tier keeps a job's bundles: REGISTRY/PREFIX/<name>:<env tag>."""
     base = Reference.parse(registry)
-    return Reference(
-        base.registry, f"{base.repository}/{sanitize_repository(manifest.name)}", manifest.env_tag
-    )
+    repository = f"{base.repository}/{sanitize_repository(name)}"
+    return Reference(base.registry, repository, sanitize_tag(env_tag) if env_tag else None)

@@ -107,9 +107,9 @@ def push(
     with Store(store) as opened:
         path = Path(source)
         if path.is_file():
-            ref = import_bundle(opened, path).ref
+            info = import_bundle(opened, path)
         else:
-            ref = local_or_tier(opened, source, insecure)[0].ref
+            info = local_or_tier(opened, source, insecure)[0]
         if target:
             reference = Reference.parse(target)
         else:
@@ -118,10 +118,10 @@ def push(
                 raise UsageError(
                     "no TARGET given and no registry configured (WARMER_REGISTRY or registry.url)"
                 )
-            reference = tier_reference(registry, opened.resolve(ref, touch=False)[1])
+            reference = tier_reference(registry, info.name, info.env_tag)
         report = push_bundle(
             opened,
-            ref,
+            info.ref,
             reference,
             form="image" if as_image else "artifact",
             insecure=_insecure(insecure),
@@ -132,7 +132,7 @@ def push(
         emit_json(report.to_dict())
         return
     console.print(
-        f"pushed {ref} -> {report.reference} ({report.form}, {report.digest[:19]}…): "
+        f"pushed {info.ref} -> {report.reference} ({report.form}, {report.digest[:19]}…): "
         f"{report.layers} layers, {report.layers_reused} reused from "
         f"{report.base or 'no base'}, {format_size(report.bytes_sent)} sent of "
         f"{format_size(report.bytes)}"

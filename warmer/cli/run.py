@@ -256,10 +256,9 @@ class _Pusher:
         from warmer.registry import push, tier_reference
 
         try:
-            _info, manifest = store.resolve(result.ref, touch=False)
-            report = push(
-                store, result.ref, tier_reference(self.registry, manifest), insecure=self.insecure
-            )
+            info, _manifest = store.resolve(result.ref, touch=False)
+            target = tier_reference(self.registry, info.name, info.env_tag)
+            report = push(store, result.ref, target, insecure=self.insecure)
         except WarmerError as exc:
             console.print(f"[{result.name}] push FAILED: {exc}")
             return {"error": str(exc)}

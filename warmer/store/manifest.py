@@ -183,6 +183,11 @@ class Manifest:
             document = json.loads(data.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise BundleError(f"manifest is not UTF-8 JSON: {exc}") from exc
+        return cls.from_document(document)
+
+    @classmethod
+    def from_document(cls, document: object) -> Manifest:
+        """Validate a manifest already parsed from JSON (a registry config embeds one)."""
         if not isinstance(document, dict):
             raise BundleError("manifest must be a JSON object")
         version = document.get("format")
