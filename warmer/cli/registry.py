@@ -104,14 +104,15 @@ def push(
     from warmer.registry import tier_reference
     from warmer.store import Store
 
+    explicit = Reference.parse(target) if target else None  # checked before any work
     with Store(store) as opened:
         path = Path(source)
         if path.is_file():
             info = import_bundle(opened, path)
         else:
             info = local_or_tier(opened, source, insecure)[0]
-        if target:
-            reference = Reference.parse(target)
+        if explicit is not None:
+            reference = explicit
         else:
             registry = settings().registry
             if not registry:
