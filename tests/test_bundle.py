@@ -52,9 +52,15 @@ def opener(files: dict[str, bytes]):  # type: ignore[no-untyped-def]
     return lambda digest: io.BytesIO(by_digest[digest])
 
 
-def raw_tar(path: Path, members: list[tuple[tarfile.TarInfo, bytes | None]]) -> Path:
+def raw_tar(
+    path: Path,
+    members: list[tuple[tarfile.TarInfo, bytes | None]],
+    *,
+    fmt: int = tarfile.PAX_FORMAT,
+    global_headers: dict[str, str] | None = None,
+) -> Path:
     """Write a tar by hand, for bundles that warmer itself would never write."""
-    with tarfile.open(path, "w") as tar:
+    with tarfile.open(path, "w", format=fmt, pax_headers=global_headers) as tar:
         for info, data in members:
             tar.addfile(info, io.BytesIO(data) if data is not None else None)
     return path
@@ -121,6 +127,17 @@ def hostile_cases(tmp_path: Path) -> dict[str, Path]:
         "no-manifest": good[1:],
     }
     paths = {name: raw_tar(tmp_path / f"{name}.tar", members) for name, members in cases.items()}
+    # a harmless ustar name, and a pax header that says the real name is outside
+    sneaky, data = member(first_name, good[1][1] or b"")
+    sneaky.pax_headers = {"path": "../../escape"}
+    paths["pax-traversal"] = raw_tar(tmp_path / "pax.tar", [*good[:1], (sneaky, data), *good[2:]])
+    paths["gnu-format"] = raw_tar(tmp_path / "gnu.tar", good, fmt=tarfile.GNU_FORMAT)
+    paths["global-header"] = raw_tar(tmp_path / "g.tar", good, global_headers={"comment": "x"})
+    tampered = bytearray(raw_tar(tmp_path / "sum.tar", good).read_bytes())
+    second_header = 512 * (1 + -(-good[0][0].size // 512))
+    tampered[second_header] ^= 0x01  # a name byte: the header checksum no longer adds up
+    paths["bad-checksum"] = tmp_path / "bad-checksum.tar"
+    paths["bad-checksum"].write_bytes(bytes(tampered))
     whole = write_bundle(manifest, opener(FILES), tmp_path, "zst")
     data = whole.read_bytes()
     truncated = tmp_path / "truncated.tar.zst"
@@ -142,8 +159,9 @@ def test_hostile_and_broken_bundles_are_refused_without_writing(tmp_path: Path) 
     for name, path in cases.items():
         target = outside / "target"
         target.mkdir()
-        with pytest.raises(BundleError):
+        with pytest.raises(BundleError) as refused:
             restore(path, root=target)
+        assert str(path) in str(refused.value), name
         assert verify_bundle(path), name
         # nothing landed: not in the target, not beside it
         assert list(target.rglob("*")) == [], name

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, BinaryIO, Literal, cast
+from typing import IO, TYPE_CHECKING, BinaryIO, Literal, Protocol, cast
 
 from warmer.errors import BundleError, UsageError
 from warmer.store.manifest import FileEntry, Manifest
@@ -148,7 +148,7 @@ class BundleReader:
 
     path: Path
     manifest: Manifest
-    _tar: tarfile.TarFile
+    _tar: _TarReader
 
     def files(self) -> Iterator[tuple[FileEntry, VerifiedReader]]:
         """Each manifest entry with a reader of its member; the reader checks size and hash.
@@ -157,23 +157,19 @@ class BundleReader:
         `finish()` raises BundleError when the bytes do not match the manifest.
         """
         expected = iter(self.manifest.files)
-        for info in _members(self._tar, self.path):
+        while (member := self._tar.next()) is not None:
             entry = next(expected, None)
-            name = _checked_name(info, self.path)
-            if entry is None or name != member_name(entry.path):
+            if entry is None or member.name != member_name(entry.path):
                 raise BundleError(
-                    f"{self.path}: member {name!r} is not the next file in the manifest"
+                    f"{self.path}: member {member.name!r} is not the next file in the manifest"
                     + (f" (expected {member_name(entry.path)!r})" if entry else "")
                 )
-            if info.size != entry.size:
+            if member.size != entry.size:
                 raise BundleError(
-                    f"{self.path}: {entry.path}: size {info.size} in the tar, "
+                    f"{self.path}: {entry.path}: size {member.size} in the tar, "
                     f"{entry.size} in the manifest"
                 )
-            stream = self._tar.extractfile(info)
-            if stream is None:  # pragma: no cover - regular files always have a stream
-                raise BundleError(f"{self.path}: {name}: unreadable member")
-            reader = VerifiedReader(stream, entry, self.path)
+            reader = VerifiedReader(member, entry, self.path)
             yield entry, reader
             reader.finish()
         missing = next(expected, None)
@@ -184,10 +180,14 @@ class BundleReader:
             )
 
 
+class _Readable(Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
 class VerifiedReader(io.RawIOBase):
     """Reads one member while hashing it; `finish()` checks size and blake3."""
 
-    def __init__(self, stream: IO[bytes], entry: FileEntry, bundle: Path) -> None:
+    def __init__(self, stream: _Readable, entry: FileEntry, bundle: Path) -> None:
         import blake3
 
         self._stream, self.entry, self._bundle = stream, entry, bundle
@@ -199,29 +199,34 @@ class VerifiedReader(io.RawIOBase):
         return True
 
     def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
-        try:
-            data = self._stream.read(len(buffer))
-        except Exception as exc:  # gzip's EOFError, tarfile's ReadError, zstandard's errors
-            raise BundleError(
-                f"{self._bundle}: {self.entry.path}: corrupt or truncated bundle ({exc})"
-            ) from None
-        count = len(data)
-        buffer[:count] = data
-        self._hasher.update(data)
-        self._seen += count
-        return count
+        data = self._take(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
 
     def read_all(self) -> bytes:
         """The whole member, verified: one read and one hash update (not 8 KiB at a time)."""
-        data = self.read(self.entry.size - self._seen) if self._seen < self.entry.size else b""
+        data = self._take(self.entry.size - self._seen) if self._seen < self.entry.size else b""
         self.finish()
-        return data or b""
+        return data
+
+    def _take(self, size: int) -> bytes:
+        try:
+            data = self._stream.read(size)
+        except BundleError:
+            raise
+        except Exception as exc:  # gzip's EOFError, zstandard's errors, OSError
+            raise BundleError(
+                f"{self._bundle}: {self.entry.path}: corrupt or truncated bundle ({exc})"
+            ) from None
+        self._hasher.update(data)
+        self._seen += len(data)
+        return data
 
     def finish(self) -> None:
         """Drain what is left and raise BundleError when the bytes differ from the manifest."""
         if self._finished:
             return
-        while self.read(_CHUNK):
+        while self._take(_CHUNK):
             pass
         self._finished = True
         digest = "blake3:" + self._hasher.hexdigest()
@@ -234,43 +239,138 @@ class VerifiedReader(io.RawIOBase):
             )
 
 
-def _members(tar: tarfile.TarFile, path: Path) -> Iterator[tarfile.TarInfo]:
+_BLOCK = 512
+_MAX_PAX_HEADER = 1 << 20
+#: Tar type flags a bundle never holds, by what they are.
+_REFUSED_KINDS = {
+    b"1": "hard link",
+    b"2": "symlink",
+    b"3": "device",
+    b"4": "device",
+    b"5": "directory",
+    b"6": "fifo",
+}
+
+
+class _Member:
+    """One member's bytes: reads stop at its end; a stream that ends early is a truncation."""
+
+    def __init__(self, stream: IO[bytes], name: str, size: int, bundle: Path) -> None:
+        self._stream, self.name, self.size, self._bundle = stream, name, size, bundle
+        self.remaining = size
+
+    def read(self, size: int = -1) -> bytes:
+        size = self.remaining if size < 0 else min(size, self.remaining)
+        data = _read_exactly(self._stream, size, self._bundle)
+        self.remaining -= size
+        return data
+
+
+class _TarReader:
+    """A strict streaming reader of the tars warmer writes: POSIX (pax) headers, regular files.
+
+    tarfile's stream mode spent more time than decompressing and hashing together (it slices
+    a 10 KiB buffer for every read); this reads each header and each member in one call. It
+    refuses, naming the member, whatever a bundle never holds: links, devices, directories,
+    fifos, GNU or global headers, bad checksums, unsafe names.
+    """
+
+    def __init__(self, stream: IO[bytes], bundle: Path) -> None:
+        self._stream, self._bundle = stream, bundle
+        self._current: _Member | None = None
+
+    def next(self) -> _Member | None:
+        """The next member (after skipping what is left of the current one), None at the end."""
+        if self._current is not None:
+            left = self._current.remaining + (-self._current.size % _BLOCK)
+            while left:
+                left -= len(_read_exactly(self._stream, min(left, _CHUNK), self._bundle))
+            self._current = None
+        overrides: dict[str, str] = {}
+        while True:
+            block = _read_exactly(self._stream, _BLOCK, self._bundle)
+            if not block.strip(b"\0"):
+                return None
+            kind, name, size = self._header(block)
+            if kind != b"x":
+                break
+            if size > _MAX_PAX_HEADER:
+                raise BundleError(f"{self._bundle}: an implausibly large pax header: refused")
+            overrides = _pax_records(
+                _read_exactly(self._stream, size + (-size % _BLOCK), self._bundle)[:size],
+                self._bundle,
+            )
+        name = overrides.get("path", name)
+        if "size" in overrides:
+            size = _octal_or_decimal(overrides["size"].encode(), 10, self._bundle)
+        if kind not in (b"0", b"\0"):
+            what = _REFUSED_KINDS.get(kind, f"special file (tar type {kind!r})")
+            raise BundleError(f"{self._bundle}: member {name!r} is a {what}: refused")
+        self._current = _Member(self._stream, _checked_name(name, self._bundle), size, self._bundle)
+        return self._current
+
+    def _header(self, block: bytes) -> tuple[bytes, str, int]:
+        if block[257:263] != b"ustar\0":
+            raise BundleError(f"{self._bundle}: not a warmer bundle (a member header is not POSIX)")
+        stored = _octal_or_decimal(block[148:156], 8, self._bundle)
+        if stored != sum(block[:148]) + 8 * ord(" ") + sum(block[156:]):
+            raise BundleError(f"{self._bundle}: corrupt bundle (a header checksum is wrong)")
+        name = block[:100].split(b"\0", 1)[0]
+        prefix = block[345:500].split(b"\0", 1)[0]
+        full = (prefix + b"/" + name if prefix else name).decode("utf-8", "surrogateescape")
+        return block[156:157], full, _octal_or_decimal(block[124:136], 8, self._bundle)
+
+
+def _read_exactly(stream: IO[bytes], size: int, bundle: Path) -> bytes:
     try:
-        # tar.next(), not iteration: a second iterator over a stream restarts at member 0.
-        while (info := tar.next()) is not None:
-            yield info
-    except (tarfile.TarError, EOFError, OSError) as exc:
-        raise BundleError(f"{path}: corrupt or truncated bundle ({exc})") from None
+        data = stream.read(size)
+        while len(data) < size and (more := stream.read(size - len(data))):
+            data += more
+    except (OSError, EOFError) as exc:
+        raise BundleError(f"{bundle}: corrupt or truncated bundle ({exc})") from None
     except Exception as exc:  # zstandard raises its own error type
         if type(exc).__module__.startswith("zstandard"):
-            raise BundleError(f"{path}: corrupt or truncated bundle ({exc})") from None
+            raise BundleError(f"{bundle}: corrupt or truncated bundle ({exc})") from None
         raise
+    if len(data) < size:
+        raise BundleError(f"{bundle}: truncated bundle (the tar ends inside a member)")
+    return data
 
 
-def _checked_name(info: tarfile.TarInfo, path: Path) -> str:
-    """The member's name, refused unless it is a plain relative file name inside the bundle."""
-    name = info.name
-    kind = (
-        "symlink"
-        if info.issym()
-        else "hard link"
-        if info.islnk()
-        else "device"
-        if info.isdev()
-        else "directory"
-        if info.isdir()
-        else "fifo"
-        if info.isfifo()
-        else None
-    )
-    if kind is not None or not info.isreg():
-        raise BundleError(f"{path}: member {name!r} is a {kind or 'special file'}: refused")
+def _octal_or_decimal(field: bytes, base: int, bundle: Path) -> int:
+    try:
+        value = int(field.strip(b"\0 ") or b"0", base)
+    except ValueError:
+        raise BundleError(f"{bundle}: corrupt bundle (a bad number in a header)") from None
+    if value < 0:
+        raise BundleError(f"{bundle}: corrupt bundle (a negative number in a header)")
+    return value
+
+
+def _pax_records(data: bytes, bundle: Path) -> dict[str, str]:
+    """`<length> <key>=<value>\\n` records (POSIX pax extended header)."""
+    records: dict[str, str] = {}
+    position = 0
+    while position < len(data):
+        length_text, _space, _rest = data[position : position + 20].partition(b" ")
+        length = _octal_or_decimal(length_text, 10, bundle)
+        record = data[position : position + length]
+        key, equals, value = record[len(length_text) + 1 : -1].partition(b"=")
+        if length <= len(length_text) + 1 or not equals or not record.endswith(b"\n"):
+            raise BundleError(f"{bundle}: corrupt bundle (a malformed pax header)")
+        records[key.decode("utf-8", "replace")] = value.decode("utf-8", "surrogateescape")
+        position += length
+    return records
+
+
+def _checked_name(name: str, bundle: Path) -> str:
+    """`name`, refused unless it is a plain relative file name inside the bundle."""
     if name.startswith("/") or "\\" in name or "\x00" in name:
-        raise BundleError(f"{path}: member {name!r} has an absolute or unsafe name: refused")
+        raise BundleError(f"{bundle}: member {name!r} has an absolute or unsafe name: refused")
     parts = name.split("/")
     if any(part in ("", ".", "..") for part in parts) or posixpath.normpath(name) != name:
         raise BundleError(
-            f"{path}: member {name!r} escapes the target or is not normalised: refused"
+            f"{bundle}: member {name!r} escapes the target or is not normalised: refused"
         )
     return name
 
@@ -280,24 +380,14 @@ def open_bundle(path: Path) -> Iterator[BundleReader]:
     """Open a bundle for one streaming pass; the manifest is read and validated first."""
     path = Path(path)
     with _decompressed_reader(path) as stream:
-        try:
-            tar = tarfile.open(fileobj=stream, mode="r|")  # noqa: SIM115 - closed below
-        except (tarfile.TarError, EOFError, OSError) as exc:
-            raise BundleError(f"{path}: not a warmer bundle ({exc})") from None
-        except Exception as exc:
-            if type(exc).__module__.startswith("zstandard"):
-                raise BundleError(f"{path}: corrupt bundle ({exc})") from None
-            raise
-        with tar:
-            first = next(_members(tar, path), None)
-            if first is None or first.name != MANIFEST_NAME or not first.isreg():
-                raise BundleError(f"{path}: not a warmer bundle ({MANIFEST_NAME} must come first)")
-            if first.size > _MAX_MANIFEST:
-                raise BundleError(f"{path}: {MANIFEST_NAME} is implausibly large")
-            data = tar.extractfile(first)
-            assert data is not None
-            manifest = Manifest.from_bytes(data.read())
-            yield BundleReader(path, manifest, tar)
+        tar = _TarReader(stream, path)
+        first = tar.next()
+        if first is None or first.name != MANIFEST_NAME:
+            raise BundleError(f"{path}: not a warmer bundle ({MANIFEST_NAME} must come first)")
+        if first.size > _MAX_MANIFEST:
+            raise BundleError(f"{path}: {MANIFEST_NAME} is implausibly large")
+        manifest = Manifest.from_bytes(first.read())
+        yield BundleReader(path, manifest, tar)
 
 
 def read_manifest(path: Path) -> Manifest:

@@ -1,21 +1,26 @@
 """Restore: install a bundle's caches where this machine's runtimes look for them.
 
-All or nothing: every file is streamed into a temp file beside its destination and checked
-against the manifest; only when the whole bundle has been read and verified are the temp
-files renamed into place. A hostile or broken bundle therefore installs nothing, and nothing
-is ever written outside the target root. Triton group files are re-pointed when files land
-at another absolute path than the one recorded (`--root`, `--map`), so the caches still hit.
+All or nothing: every file is staged out of sight (inside a hidden twin of each directory the
+target lacks, or under a temp name beside its destination) and checked against the manifest;
+only when the whole bundle has been read and verified is anything renamed into place. A
+hostile or broken bundle therefore installs nothing, and nothing is ever written outside the
+target root. Triton group files are re-pointed when files land at another absolute path than
+the one recorded (`--root`, `--map`), so the caches still hit.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import posixpath
+import queue
 import secrets
+import shutil
+import stat
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,7 +36,8 @@ from warmer.store.manifest import FileEntry, Manifest
 if TYPE_CHECKING:
     from warmer.store import Store
 
-#: Members up to this size are read whole and written by the pool; larger ones are streamed.
+#: Members up to this size are read whole and handed to the writer threads; larger ones
+#: are streamed.
 _IN_MEMORY = 16 << 20
 #: At most this many bytes wait in memory for the pool.
 _IN_FLIGHT_BYTES = 256 << 20
@@ -153,10 +159,12 @@ def _install(
     root_dir = os.path.abspath(root)
     if os.path.exists(root_dir) and not os.path.isdir(root_dir):
         raise UsageError(f"--root {root_dir}: not a directory")
-    installer = _Installer()
+    installer: _Installer | None = None
     written = bytes_written = skipped = rewritten = 0
     try:
         warnings = check_environment(manifest, force=force) if check_env else []
+        if not dry_run:
+            installer = _Installer(root_dir)
         total_files, total_bytes, done_bytes = len(manifest.files), manifest.total_size, 0
         for index, (entry, reader) in enumerate(files, start=1):
             destination = destination_of(entry.path, root_dir, mapping)
@@ -166,31 +174,33 @@ def _install(
                     moved = rewrite_group(data, os.path.dirname(destination))
                     rewritten += moved is not None
                     data = moved or data
-                if dry_run:
-                    identical = _same_bytes(destination, data)
-                    skipped += identical
-                    written += not identical
-                    bytes_written += 0 if identical else len(data)
-                else:
+                if installer is not None:
                     installer.write(destination, data, entry.mode)
+                elif _same_bytes(destination, data):
+                    skipped += 1
+                else:
+                    written += 1
+                    bytes_written += len(data)
             elif _same_file(destination, entry.size, entry.digest):
                 reader.finish()
                 skipped += 1
-            elif dry_run:
+            elif installer is not None:
+                installer.stream(destination, reader, entry.mode)
+            else:
                 reader.finish()
                 written += 1
                 bytes_written += entry.size
-            else:
-                installer.stream(destination, reader, entry.mode)
             done_bytes += entry.size
             if progress:
                 progress(index, done_bytes, total_files, total_bytes)
-        if not dry_run:
-            written, bytes_written, skipped = installer.commit()
+        if installer is not None:
+            written, bytes_written, identical = installer.commit()
+            skipped += identical
     except PermissionError as exc:
         raise WarmerError(f"cannot write under {root_dir}: {exc}") from None
     finally:
-        installer.close()
+        if installer is not None:
+            installer.close()
     return RestoreReport(
         bundle=source,
         root=root_dir,
@@ -220,106 +230,263 @@ def _same_bytes(path: str, data: bytes) -> bool:
     try:
         with open(path, "rb") as existing:
             return existing.read(len(data) + 1) == data
+    except IsADirectoryError:
+        raise BundleError(f"{path} is a directory here: refused to replace it") from None
     except OSError:
         return False
 
 
 class _Installer:
-    """Writes verified files to temp names beside their destinations, on a thread pool (file
-    creation, not decompression, is what costs on most disks); `commit` renames them all into
-    place, `close` without a commit removes every temp file and directory it made."""
+    """Stages verified files out of sight; `commit` renames them into place, `close` without
+    a commit removes everything it made.
 
-    _WORKERS = 8
+    A directory missing from the target is staged whole: its topmost missing ancestor gets a
+    hidden twin beside it, files go there under their final names, and one rename per twin
+    publishes it (a fresh restore renames a few directories, not every file). A file whose
+    directory exists goes to a temp name beside its destination and is renamed on its own.
+    Writer threads each own the directories routed to them: creating files in one directory
+    serialises on that directory in the kernel, in different ones it runs in parallel, and
+    creating files, not decompressing or hashing, is most of a restore's time.
+    """
 
-    def __init__(self) -> None:
-        self._pool = ThreadPoolExecutor(self._WORKERS)
-        self._pending: list[Future[tuple[int, int]]] = []
-        self._budget = threading.BoundedSemaphore(_IN_FLIGHT_BYTES // _IN_MEMORY)
-        self._lock = threading.Lock()
-        self._staged: list[tuple[str, str]] = []
-        self._created_dirs: list[str] = []
-        self._known_dirs: set[str] = set()
+    #: Creating a file is mostly kernel CPU time here, so one writer per core (at least two,
+    #: so that reading and writing overlap; at most eight, past which nothing was gained).
+    _WORKERS = min(
+        8, max(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2)
+    )
+
+    def __init__(self, root: str) -> None:
+        self._token = secrets.token_hex(6)
         self._umask = _current_umask()
+        self._made_root = _make_directories(root)
+        self._placed: dict[str, tuple[str, bool]] = {root: (root, False)}
+        self._twins: list[tuple[str, str]] = []  # (twin, the directory it becomes)
+        self._temps: list[tuple[str, str]] = []  # (temp file, destination)
+        self._streamed: list[tuple[str, str | None, int]] = []  # (path, rename to, size)
+        self._failures: list[BaseException] = []  # the writers' errors, first one first
+        self._writers = [_Writer(self._umask, self._failures) for _ in range(self._WORKERS)]
+        self._owner: dict[str, _Writer] = {}
+        self._queued = self._drained = 0
         self._committed = False
+        for writer in self._writers:
+            writer.start()
 
     def write(self, destination: str, data: bytes, mode: int) -> None:
         """Stage `data` (already verified) in the background, unless identical there."""
-        self._budget.acquire()
-        future = self._pool.submit(self._write, destination, data, mode)
-        future.add_done_callback(lambda _f: self._budget.release())
-        self._pending.append(future)
+        where, path, compare_with = self._staging_path(destination)
+        writer = self._owner.get(where)
+        if writer is None:
+            writer = self._owner[where] = self._writers[len(self._owner) % len(self._writers)]
+        writer.jobs.put((path, data, mode, compare_with))
+        self._queued += len(data)
+        if self._failures:
+            raise self._failures[0]
+        if self._queued - self._drained > _IN_FLIGHT_BYTES:
+            self._wait_for_room()
+
+    def _wait_for_room(self) -> None:
+        """Block while more than _IN_FLIGHT_BYTES wait for the writers (bounded memory)."""
+        while True:
+            self._drained = sum(writer.done_bytes for writer in self._writers)
+            if self._queued - self._drained <= _IN_FLIGHT_BYTES:
+                return
+            if self._failures:
+                raise self._failures[0]
+            time.sleep(0.001)
 
     def stream(self, destination: str, reader: VerifiedReader, mode: int) -> None:
         """Stage a large member from the bundle stream, here (the stream is sequential)."""
-        fd = self._create(destination, mode)
+        _where, path, compare_with = self._staging_path(destination)
+        if compare_with is not None and os.path.isdir(destination):
+            raise BundleError(f"{destination} is a directory here: refused to replace it")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd = os.open(path, _NEW_FILE, mode)
         with os.fdopen(fd, "wb") as out:
+            _restore_mode(fd, mode, self._umask)
             while chunk := reader.read(1 << 20):
                 out.write(chunk)
             reader.finish()
-        self._pending.append(_done((1, reader.entry.size)))
+        self._streamed.append((path, compare_with, reader.entry.size))
 
-    def _write(self, destination: str, data: bytes, mode: int) -> tuple[int, int]:
-        if _same_bytes(destination, data):
-            return 0, 0
-        fd = self._create(destination, mode)
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-        return 1, len(data)
+    def _staging_path(self, destination: str) -> tuple[str, str, str | None]:
+        """(directory, path) where `destination` is written before the commit, and the
+        destination again when that path is a temp name beside it rather than in a twin."""
+        directory, name = os.path.split(destination)
+        where, staged = self._place(directory)
+        if staged:
+            return where, os.path.join(where, name), None
+        temp = os.path.join(where, f".warmer-{self._token}-{len(self._temps)}.tmp")
+        self._temps.append((temp, destination))
+        return where, temp, destination
 
-    def _create(self, destination: str, mode: int) -> int:
-        """A new temp file beside `destination`, registered before a byte is written."""
-        directory = os.path.dirname(destination)
-        self._makedirs(directory)
-        if os.path.isdir(destination) and not os.path.islink(destination):
-            raise BundleError(f"{destination} is a directory here: refused to replace it")
-        temp = os.path.join(directory, f".warmer-{secrets.token_hex(8)}.tmp")
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
-        with self._lock:
-            self._staged.append((temp, destination))
-        if mode & ~self._umask != mode:
-            os.fchmod(fd, mode)
-        return fd
-
-    def _makedirs(self, directory: str) -> None:
-        with self._lock:
-            if directory in self._known_dirs:
-                return
-            missing: list[str] = []
-            current = directory
-            while not os.path.isdir(current):
-                missing.append(current)
-                current = os.path.dirname(current)
-            for path in reversed(missing):
-                os.mkdir(path, 0o755)
-                self._created_dirs.append(path)
-            self._known_dirs.add(directory)
+    def _place(self, directory: str) -> tuple[str, bool]:
+        """(where files bound for `directory` go, staged?): the directory itself when it
+        exists, else inside the twin of its topmost missing ancestor (registered here, before
+        a writer makes it)."""
+        known = self._placed.get(directory)
+        if known is not None:
+            return known
+        missing: list[str] = []
+        current = directory
+        while (known := self._placed.get(current)) is None and not _is_directory(current):
+            missing.append(current)
+            current = os.path.dirname(current)
+        if known is None:
+            known = self._placed[current] = (current, False)
+        where, staged = known
+        if missing and not staged:
+            top = missing.pop()
+            where = os.path.join(current, f".warmer-{self._token}-d{len(self._twins)}.tmp")
+            self._twins.append((where, top))
+            self._placed[top] = (where, True)
+            current = top
+        for path in missing:
+            self._placed[path] = (where + path[len(current) :], True)
+        return self._placed[directory]
 
     def commit(self) -> tuple[int, int, int]:
         """Wait for every write (the first error is raised), then rename all into place.
 
         Returns (written, bytes written, skipped as identical).
         """
-        results = [future.result() for future in self._pending]
-        list(self._pool.map(lambda item: os.replace(*item), self._staged))
+        self._stop_writers()
+        if self._failures:
+            raise self._failures[0]
+        for twin, directory in self._twins:
+            _publish_directory(twin, directory)
+        renames = [(path, to) for path, to, _size in self._streamed if to is not None]
+        for writer in self._writers:
+            renames += writer.renames
+        for temp, destination in renames:
+            os.replace(temp, destination)
         self._committed = True
-        written = sum(count for count, _ in results)
-        return written, sum(size for _, size in results), len(results) - written
+        return (
+            sum(w.written for w in self._writers) + len(self._streamed),
+            sum(w.bytes_written for w in self._writers) + sum(s for *_, s in self._streamed),
+            sum(w.skipped for w in self._writers),
+        )
+
+    def _stop_writers(self) -> None:
+        for writer in self._writers:
+            writer.jobs.put(None)
+        for writer in self._writers:
+            writer.join()
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
         if self._committed:
             return
-        for temp, _destination in self._staged:
+        for writer in self._writers:
+            writer.cancelled = True  # what is still queued is removed anyway
+        self._stop_writers()
+        for twin, _directory in self._twins:
+            shutil.rmtree(twin, ignore_errors=True)
+        for temp, _destination in self._temps:
             Path(temp).unlink(missing_ok=True)
-        for directory in reversed(self._created_dirs):
+        for directory in reversed(self._made_root):
             with contextlib.suppress(OSError):
                 os.rmdir(directory)
 
 
-def _done(result: tuple[int, int]) -> Future[tuple[int, int]]:
-    future: Future[tuple[int, int]] = Future()
-    future.set_result(result)
-    return future
+#: (path to create, verified bytes, mode, the destination when the path is a temp beside it)
+_Job = tuple[str, bytes, int, "str | None"]
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+
+
+class _Writer(threading.Thread):
+    """Creates the files routed to it; once any writer failed, it only drains its queue."""
+
+    def __init__(self, umask: int, failures: list[BaseException]) -> None:
+        super().__init__(name="warmer-restore-writer", daemon=True)
+        self.jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self.renames: list[tuple[str, str]] = []
+        self.cancelled = False
+        self._failures = failures
+        self.written = self.bytes_written = self.skipped = self.done_bytes = 0
+        self._umask = umask
+        self._made: set[str] = set()
+
+    def run(self) -> None:
+        while (job := self.jobs.get()) is not None:
+            if not self._failures and not self.cancelled:
+                try:
+                    self._write(*job)
+                except BaseException as exc:  # raised again on the main thread
+                    self._failures.append(exc)
+            self.done_bytes += len(job[1])
+
+    def _write(self, path: str, data: bytes, mode: int, destination: str | None) -> None:
+        if destination is None:
+            directory = os.path.dirname(path)
+            if directory not in self._made:
+                os.makedirs(directory, exist_ok=True)
+                self._made.add(directory)
+        elif _same_bytes(destination, data):
+            self.skipped += 1
+            return
+        else:
+            self.renames.append((path, destination))
+        fd = os.open(path, _NEW_FILE, mode)
+        try:
+            _restore_mode(fd, mode, self._umask)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+        self.written += 1
+        self.bytes_written += len(data)
+
+
+def _publish_directory(twin: str, directory: str) -> None:
+    """Rename a staged twin into place; merge it file by file when another process made the
+    directory meanwhile (two restores of one bundle into one root both succeed)."""
+    try:
+        os.rename(twin, directory)
+        return
+    except OSError as exc:
+        if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+            raise
+    for parent, _dirs, files in os.walk(twin):
+        target = directory + parent[len(twin) :]
+        os.makedirs(target, exist_ok=True)
+        for name in files:
+            os.replace(os.path.join(parent, name), os.path.join(target, name))
+    shutil.rmtree(twin)
+
+
+def _is_directory(path: str) -> bool:
+    """Whether `path` is a directory; anything else in the way is refused now, before a
+    byte is written, rather than at the commit."""
+    try:
+        if stat.S_ISDIR(os.stat(path).st_mode):
+            return True
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    raise BundleError(f"{path} is a file here, where the bundle needs a directory: refused")
+
+
+def _make_directories(path: str) -> list[str]:
+    """`mkdir -p path`; returns the directories it made, outermost first."""
+    missing: list[str] = []
+    while not os.path.isdir(path):
+        missing.append(path)
+        path = os.path.dirname(path)
+    made: list[str] = []
+    try:
+        for directory in reversed(missing):
+            os.mkdir(directory, 0o755)
+            made.append(directory)
+    except BaseException:
+        for directory in reversed(made):
+            os.rmdir(directory)
+        raise
+    return made
+
+
+def _restore_mode(fd: int, mode: int, umask: int) -> None:
+    """The recorded mode, even where the umask took bits away at creation."""
+    if mode & ~umask != mode:
+        os.fchmod(fd, mode)
 
 
 def _current_umask() -> int:
