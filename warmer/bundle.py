@@ -333,7 +333,7 @@ def _read_exactly(stream: IO[bytes], size: int, bundle: Path) -> bytes:
             raise BundleError(f"{bundle}: corrupt or truncated bundle ({exc})") from None
         raise
     if len(data) < size:
-        raise BundleError(f"{bundle}: truncated bundle (the tar ends inside a member)")
+        raise BundleError(f"{bundle}: truncated bundle (the tar ends early)")
     return data
 
 
