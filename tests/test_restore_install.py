@@ -31,6 +31,11 @@ def tree(root: Path) -> dict[str, bytes]:
     }
 
 
+def leftovers(root: Path) -> list[Path]:
+    """What staging left under `root`: twin directories and temp files."""
+    return [path for path in root.rglob("*") if ".warmer-" in path.name]
+
+
 def partly_there(root: Path) -> None:
     """A target where A exists with an older x and an unrelated file, the graph is already
     identical, and B, C do not exist."""
@@ -66,8 +71,7 @@ def test_restore_into_a_partly_existing_tree(tmp_path: Path, members_as: str) ->
     assert (report.written, report.skipped_identical) == (4, 1)
     assert report.bytes_written == sum(len(d) for p, d in FILES.items() if p != "/other/graph")
     assert (root / "cache/B/y.cubin").stat().st_mode & 0o777 == 0o644
-    # nothing staged is left behind: no twin directories, no temp files
-    assert not [p for p in root.rglob("*") if ".warmer-" in p.name]
+    assert leftovers(root) == []
 
 
 def test_a_failed_restore_leaves_the_tree_as_it_was(tmp_path: Path, members_as: str) -> None:
@@ -112,7 +116,7 @@ def test_a_file_in_the_way_of_a_directory_is_refused_before_writing(tmp_path: Pa
     with pytest.raises(BundleError, match=r"cache/B is a file here"):
         restore(bundle_of(tmp_path), root=root)
     assert tree(root) == before
-    assert not [p for p in root.rglob("*") if ".warmer-" in p.name]
+    assert leftovers(root) == []
 
 
 def test_a_directory_at_a_file_destination_is_refused(tmp_path: Path, members_as: str) -> None:
@@ -126,7 +130,25 @@ def test_a_directory_at_a_file_destination_is_refused(tmp_path: Path, members_as
     assert tree(root) == before
     assert (root / "cache/A/x.cubin").is_dir()
     assert sorted(p.name for p in (root / "cache").iterdir()) == ["A"]
-    assert not [p for p in root.rglob("*") if ".warmer-" in p.name]
+    assert leftovers(root) == []
+
+
+def test_a_link_to_a_directory_at_a_file_destination_is_replaced(
+    tmp_path: Path, members_as: str
+) -> None:
+    """Only a real directory is refused: a symlink (here to a directory) is replaced by the
+    file, as any existing file would be, and what it pointed to stays untouched."""
+    root = tmp_path / "root"
+    partly_there(root)
+    pointed = tmp_path / "pointed"
+    pointed.mkdir()
+    (root / "cache/A/x.cubin").unlink()
+    (root / "cache/A/x.cubin").symlink_to(pointed)
+    restore(bundle_of(tmp_path), root=root)
+    assert not (root / "cache/A/x.cubin").is_symlink()
+    assert (root / "cache/A/x.cubin").read_bytes() == FILES["/cache/A/x.cubin"]
+    assert pointed.is_dir() and list(pointed.iterdir()) == []
+    assert leftovers(root) == []
 
 
 def test_a_directory_made_meanwhile_by_another_restore_is_merged(
@@ -146,4 +168,4 @@ def test_a_directory_made_meanwhile_by_another_restore_is_merged(
     assert tree(root)["cache/B/theirs"] == b"written by the other restore"
     assert tree(root)["cache/B/sub/z.json"] == FILES["/cache/B/sub/z.json"]
     assert tree(root)["cache/B/y.cubin"] == FILES["/cache/B/y.cubin"]
-    assert not [p for p in root.rglob("*") if ".warmer-" in p.name]
+    assert leftovers(root) == []

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 #: Members up to this size are read whole and handed to the writer threads; larger ones
 #: are streamed.
 _IN_MEMORY = 16 << 20
-#: At most this many bytes wait in memory for the pool.
+#: At most this many bytes wait in memory for the writer threads.
 _IN_FLIGHT_BYTES = 256 << 20
 #: progress(files_done, bytes_done, files_total, bytes_total)
 RestoreProgress = Callable[[int, int, int, int], None]
@@ -231,9 +231,16 @@ def _same_bytes(path: str, data: bytes) -> bool:
         with open(path, "rb") as existing:
             return existing.read(len(data) + 1) == data
     except IsADirectoryError:
-        raise BundleError(f"{path} is a directory here: refused to replace it") from None
+        _refuse_directory(path)  # a link to a directory is replaced, as a file would be
+        return False
     except OSError:
         return False
+
+
+def _refuse_directory(path: str) -> None:
+    """Refuse to replace a real directory with a file (a link to one is replaced)."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        raise BundleError(f"{path} is a directory here: refused to replace it")
 
 
 class _Installer:
@@ -297,8 +304,8 @@ class _Installer:
     def stream(self, destination: str, reader: VerifiedReader, mode: int) -> None:
         """Stage a large member from the bundle stream, here (the stream is sequential)."""
         _where, path, compare_with = self._staging_path(destination)
-        if compare_with is not None and os.path.isdir(destination):
-            raise BundleError(f"{destination} is a directory here: refused to replace it")
+        if compare_with is not None:
+            _refuse_directory(destination)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         fd = os.open(path, _NEW_FILE, mode)
         with os.fdopen(fd, "wb") as out:
