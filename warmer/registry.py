@@ -42,6 +42,7 @@ from warmer.oci import (
 )
 from warmer.store import SnapshotInfo, Store
 from warmer.store.manifest import FileEntry, Manifest
+from warmer.units import format_size
 
 Form = Literal["artifact", "image"]
 ARTIFACT_TYPE = "application/vnd.warmer.bundle.v1"
@@ -320,7 +321,8 @@ def push(
             reused += is_reused
             uploaded += sent
             state = "reused" if is_reused else ("uploaded" if sent else "already there")
-            say("layer", f"{number}/{len(plan)} {state} {layer.digest[7:19]} ({_mb(layer.size)})")
+            size = format_size(layer.size)
+            say("layer", f"{number}/{len(plan)} {state} {layer.digest[7:19]} ({size})")
     config = _config_blob(form, manifest, layers)
     config_digest = "sha256:" + hashlib.sha256(config).hexdigest()
     registry.upload_blob(config, config_digest, len(config))
@@ -515,10 +517,6 @@ def _whiteout_name(path: str) -> str:
     return member_name(f"{head}/.wh.{tail}")
 
 
-def _mb(size: int) -> str:
-    return f"{size / 1e6:.1f} MB"
-
-
 # -- pull --------------------------------------------------------------------------------------
 
 
@@ -607,7 +605,7 @@ def _fetch(
                 f"{published.reference}: layer {layer.digest} lacks {len(need)} file(s) its "
                 "record lists"
             )
-        say("layer", f"fetched {layer.digest[7:19]} ({_mb(layer.size)})")
+        say("layer", f"fetched {layer.digest[7:19]} ({format_size(layer.size)})")
         return layer.size
 
     with ThreadPoolExecutor(min(_WORKERS, len(plan))) as pool:
