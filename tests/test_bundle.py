@@ -167,3 +167,11 @@ def test_hostile_and_broken_bundles_are_refused_without_writing(tmp_path: Path) 
         assert list(target.rglob("*")) == [], name
         assert sorted(p.name for p in outside.iterdir()) == ["target"], name
         target.rmdir()
+
+
+@pytest.mark.parametrize("content", [b"", b"just some text\n", b"PK\x03\x04" + bytes(600)])
+def test_a_file_that_is_no_bundle_says_so(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "not-a-bundle.tar"
+    path.write_bytes(content)
+    with pytest.raises(BundleError, match=r"not-a-bundle\.tar: not a warmer bundle \("):
+        read_manifest(path)

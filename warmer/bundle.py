@@ -381,7 +381,11 @@ def open_bundle(path: Path) -> Iterator[BundleReader]:
     path = Path(path)
     with _decompressed_reader(path) as stream:
         tar = _TarReader(stream, path)
-        first = tar.next()
+        try:
+            first = tar.next()
+        except BundleError as exc:  # text, an empty file, another archive format
+            detail = str(exc).removeprefix(f"{path}: ")
+            raise BundleError(f"{path}: not a warmer bundle ({detail})") from None
         if first is None or first.name != MANIFEST_NAME:
             raise BundleError(f"{path}: not a warmer bundle ({MANIFEST_NAME} must come first)")
         if first.size > _MAX_MANIFEST:
