@@ -18,11 +18,12 @@ import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, BinaryIO, Literal, Protocol, cast
 
 from warmer.errors import BundleError, UsageError
-from warmer.store.manifest import FileEntry, Manifest
+from warmer.store.manifest import MAX_MANIFEST_BYTES, FileEntry, Manifest
 
 if TYPE_CHECKING:
     from warmer.store import SnapshotInfo, Store
@@ -32,7 +33,6 @@ Format = Literal["zst", "gz", "tar"]
 MANIFEST_NAME = "warmer.json"
 #: Fixed member time (2020-01-01T00:00:00Z): same content, same bytes.
 MEMBER_MTIME = 1577836800
-_MAX_MANIFEST = 256 << 20
 _CHUNK = 1 << 20
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -120,7 +120,9 @@ def compressed_writer(raw: IO[bytes], fmt: Format) -> Iterator[IO[bytes]]:
 
 
 @contextmanager
-def _decompressed_reader(path: Path) -> Iterator[BinaryIO]:
+def _decompressed_reader(path: Path) -> Iterator[tuple[BinaryIO, Callable[[], None]]]:
+    """The tar stream of a bundle file, and a check to run once it has been read to its end:
+    that the compressed stream ended whole (gzip checks its own CRC and length at the end)."""
     try:
         raw = open(path, "rb")  # noqa: SIM115 - closed below
     except FileNotFoundError:
@@ -134,12 +136,44 @@ def _decompressed_reader(path: Path) -> Iterator[BinaryIO]:
             import zstandard
 
             with zstandard.ZstdDecompressor().stream_reader(raw, read_size=_CHUNK) as reader:
-                yield io.BufferedReader(reader, buffer_size=_CHUNK)
+                yield (
+                    io.BufferedReader(reader, buffer_size=_CHUNK),
+                    partial(_check_zstd_end, raw, path),
+                )
         elif magic.startswith(_GZIP_MAGIC):
             with gzip.GzipFile(fileobj=raw, mode="rb") as gz:
-                yield cast(BinaryIO, gz)
+                yield cast(BinaryIO, gz), lambda: None
         else:
-            yield raw
+            yield raw, lambda: None
+
+
+def _check_zstd_end(raw: BinaryIO, path: Path) -> None:
+    """Refuse a zstd frame cut short or followed by anything: the decompressor ends quietly
+    at a truncated frame, so its block headers are walked here (a seek and 3 bytes each)."""
+    import zstandard
+
+    raw.seek(0)
+    head = raw.read(18)  # the longest frame header
+    try:
+        position = zstandard.frame_header_size(head)
+        has_checksum = zstandard.get_frame_parameters(head).has_checksum
+    except zstandard.ZstdError as exc:
+        raise BundleError(f"{path}: corrupt bundle (zstd frame header: {exc})") from None
+    last = False
+    while not last:
+        raw.seek(position)
+        header = raw.read(3)
+        if len(header) < 3:
+            raise BundleError(f"{path}: truncated bundle (the zstd frame ends early)")
+        value = int.from_bytes(header, "little")
+        last, kind, size = bool(value & 1), (value >> 1) & 3, value >> 3
+        position += 3 + (1 if kind == 1 else size)  # an RLE block holds one byte
+    end = position + (4 if has_checksum else 0)
+    size = os.fstat(raw.fileno()).st_size
+    if end > size:
+        raise BundleError(f"{path}: truncated bundle (the zstd frame ends early)")
+    if end < size:
+        raise BundleError(f"{path}: {size - end} bytes after the end of the zstd frame: refused")
 
 
 @dataclass
@@ -178,6 +212,7 @@ class BundleReader:
                 f"{self.path}: truncated: {missing.path} (and maybe more) listed in the manifest "
                 "but missing from the tar"
             )
+        self._tar.finish()
 
 
 class _Readable(Protocol):
@@ -275,9 +310,17 @@ class _TarReader:
     fifos, GNU or global headers, bad checksums, unsafe names.
     """
 
-    def __init__(self, stream: IO[bytes], bundle: Path) -> None:
-        self._stream, self._bundle = stream, bundle
+    def __init__(self, stream: IO[bytes], bundle: Path, check_end: Callable[[], None]) -> None:
+        self._stream, self._bundle, self._check_end = stream, bundle, check_end
         self._current: _Member | None = None
+
+    def finish(self) -> None:
+        """After the end marker: read to the end of the stream, where only the tar's zero
+        padding may be, and check that the compressed stream ended whole."""
+        while chunk := _read(self._stream, _CHUNK, self._bundle):
+            if chunk.strip(b"\0"):
+                raise BundleError(f"{self._bundle}: data after the end of the tar: refused")
+        self._check_end()
 
     def next(self) -> _Member | None:
         """The next member (after skipping what is left of the current one), None at the end."""
@@ -322,19 +365,24 @@ class _TarReader:
 
 
 def _read_exactly(stream: IO[bytes], size: int, bundle: Path) -> bytes:
+    data = _read(stream, size, bundle)
+    while len(data) < size and (more := _read(stream, size - len(data), bundle)):
+        data += more
+    if len(data) < size:
+        raise BundleError(f"{bundle}: truncated bundle (the tar ends early)")
+    return data
+
+
+def _read(stream: IO[bytes], size: int, bundle: Path) -> bytes:
+    """Up to `size` bytes; what a decompressor raises for damage becomes a BundleError."""
     try:
-        data = stream.read(size)
-        while len(data) < size and (more := stream.read(size - len(data))):
-            data += more
+        return stream.read(size)
     except (OSError, EOFError) as exc:
         raise BundleError(f"{bundle}: corrupt or truncated bundle ({exc})") from None
     except Exception as exc:  # zstandard raises its own error type
         if type(exc).__module__.startswith("zstandard"):
             raise BundleError(f"{bundle}: corrupt or truncated bundle ({exc})") from None
         raise
-    if len(data) < size:
-        raise BundleError(f"{bundle}: truncated bundle (the tar ends early)")
-    return data
 
 
 def _octal_or_decimal(field: bytes, base: int, bundle: Path) -> int:
@@ -379,8 +427,8 @@ def _checked_name(name: str, bundle: Path) -> str:
 def open_bundle(path: Path) -> Iterator[BundleReader]:
     """Open a bundle for one streaming pass; the manifest is read and validated first."""
     path = Path(path)
-    with _decompressed_reader(path) as stream:
-        tar = _TarReader(stream, path)
+    with _decompressed_reader(path) as (stream, check_end):
+        tar = _TarReader(stream, path, check_end)
         try:
             first = tar.next()
         except BundleError as exc:  # text, an empty file, another archive format
@@ -388,9 +436,15 @@ def open_bundle(path: Path) -> Iterator[BundleReader]:
             raise BundleError(f"{path}: not a warmer bundle ({detail})") from None
         if first is None or first.name != MANIFEST_NAME:
             raise BundleError(f"{path}: not a warmer bundle ({MANIFEST_NAME} must come first)")
-        if first.size > _MAX_MANIFEST:
-            raise BundleError(f"{path}: {MANIFEST_NAME} is implausibly large")
-        manifest = Manifest.from_bytes(first.read())
+        if first.size > MAX_MANIFEST_BYTES:
+            raise BundleError(
+                f"{path}: {MANIFEST_NAME} is {first.size:,} bytes, "
+                f"more than the limit of {MAX_MANIFEST_BYTES:,}"
+            )
+        try:
+            manifest = Manifest.from_bytes(first.read())
+        except BundleError as exc:
+            raise BundleError(f"{path}: {MANIFEST_NAME}: {exc}") from None
         yield BundleReader(path, manifest, tar)
 
 

@@ -21,9 +21,20 @@ from warmer.errors import BundleError
 from warmer.store.cas import digest_bytes, is_digest
 
 #: Names and env tags end up in refs (`name@tag`) and bundle file names.
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=-]{0,127}$")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=-]{0,127}")
 _CONTENT_ID_LENGTH = 12
 _FILE_KINDS = frozenset((*KINDS, "other"))
+#: A manifest is untrusted input that is parsed whole: these bound what parsing it may cost
+#: (a 1 GB Triton cache holds about 30,000 files; an entry is about 250 bytes).
+MAX_FILES = 250_000
+MAX_MANIFEST_BYTES = 64 << 20
+#: json.loads builds every value before any is checked. Each value but the first follows a
+#: comma or opens with a bracket or brace, so counting those bytes bounds what it builds:
+#: a file entry is one object and five fields; env, job and verify get the rest.
+_VALUES_PER_FILE = 6
+_MAX_VALUES = _VALUES_PER_FILE * MAX_FILES + 100_000
+#: How deep env, job and verify may nest (a job spec is a few levels deep).
+_MAX_DEPTH = 32
 
 
 def canonical_json(value: object) -> bytes:
@@ -33,7 +44,7 @@ def canonical_json(value: object) -> bytes:
 
 def check_name(value: object, field: str) -> str:
     """A snapshot name or env tag: safe in a ref and in a file name."""
-    if not isinstance(value, str) or not _NAME_RE.match(value):
+    if not isinstance(value, str) or not _NAME_RE.fullmatch(value):
         raise BundleError(
             f"{field}: {value!r} is not a valid name (letters, digits and . _ + = -; "
             "up to 128 characters, starting with a letter or digit)"
@@ -48,7 +59,37 @@ def _check_path(path: object) -> str:
         raise BundleError(f"path: {path!r} must be an absolute file path")
     if "\x00" in path or ".." in path.split("/") or posixpath.normpath(path) != path:
         raise BundleError(f"path: {path!r} must be normalised and contain no '..' parts")
+    _check_text(path, "path")
     return path
+
+
+def _check_text(value: str, field: str) -> None:
+    """Refuse text that has no UTF-8 form (a lone surrogate, which JSON's \\u escapes allow):
+    it could be neither written to a file name nor hashed as canonical JSON."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise BundleError(f"{field}: {value!r} is not valid Unicode (a lone surrogate)") from None
+
+
+def _check_json(value: object, field: str) -> None:
+    """Every string (keys too) of a JSON value is valid Unicode, nested at most _MAX_DEPTH
+    deep; iterative, so a hostile depth meets this limit rather than Python's stack."""
+    pending: list[tuple[object, str, int]] = [(value, field, 0)]
+    while pending:
+        item, where, depth = pending.pop()
+        if depth > _MAX_DEPTH:
+            raise BundleError(f"{field}: nested deeper than {_MAX_DEPTH} levels (at {where})")
+        if isinstance(item, str):
+            _check_text(item, where)
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                if not isinstance(key, str):
+                    raise BundleError(f"{where}: must be an object with string keys")
+                _check_text(key, f"{where} key")
+                pending.append((child, f"{where}.{key}", depth + 1))
+        elif isinstance(item, list):
+            pending.extend((child, f"{where}[{i}]", depth + 1) for i, child in enumerate(item))
 
 
 def _check_int(value: object, field: str) -> int:
@@ -106,6 +147,23 @@ class FileEntry:
         return cls(**{name: data[name] for name in fields})  # type: ignore[arg-type]
 
 
+def _check_tree(files: tuple[FileEntry, ...]) -> None:
+    """Refuse a path that is a file and also the directory of another: no tree holds both,
+    and restoring it would fail half-way."""
+    directories: dict[str, str] = {}  # every ancestor directory -> a file under it
+    for entry in files:
+        parent = entry.path.rpartition("/")[0]
+        while parent and parent not in directories:
+            directories[parent] = entry.path
+            parent = parent.rpartition("/")[0]
+    for entry in files:
+        under = directories.get(entry.path)
+        if under is not None:
+            raise BundleError(
+                f"files: {entry.path} is a file, and {under} needs it to be a directory"
+            )
+
+
 @dataclass(frozen=True)
 class Manifest:
     """A snapshot: a named set of cache files for one environment, plus how it was made."""
@@ -124,11 +182,13 @@ class Manifest:
         check_name(self.env_tag, "env_tag")
         if not isinstance(self.env_digest, str) or not self.env_digest:
             raise BundleError(f"env_digest: must be a non-empty string, not {self.env_digest!r}")
+        _check_text(self.env_digest, "env_digest")
         for field, value in (("env", self.env), ("job", self.job), ("verify", self.verify)):
             if value is None and field != "env":
                 continue
-            if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            if not isinstance(value, dict):
                 raise BundleError(f"{field}: must be an object with string keys")
+            _check_json(value, field)
         files = tuple(sorted(self.files, key=lambda entry: entry.path))
         for entry in files:
             if not isinstance(entry, FileEntry):
@@ -136,6 +196,7 @@ class Manifest:
         for before, after in itertools.pairwise(files):
             if before.path == after.path:
                 raise BundleError(f"files: {before.path} is listed twice")
+        _check_tree(files)
         object.__setattr__(self, "files", files)
 
     @functools.cached_property
@@ -178,11 +239,26 @@ class Manifest:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Manifest:
-        """Parse and validate a manifest from a store or a bundle; BundleError on anything wrong."""
+        """Parse and validate a manifest from a store or a bundle; BundleError on anything wrong.
+
+        Its size is bounded before it is parsed, so a hostile one costs at most that.
+        """
+        if len(data) > MAX_MANIFEST_BYTES:
+            raise BundleError(
+                f"manifest is {len(data):,} bytes, more than the limit of {MAX_MANIFEST_BYTES:,}"
+            )
+        values = data.count(b",") + data.count(b"[") + data.count(b"{")
+        if values > _MAX_VALUES:
+            raise BundleError(
+                f"files: about {values // _VALUES_PER_FILE:,} entries, "
+                f"more than the limit of {MAX_FILES:,}"
+            )
         try:
             document = json.loads(data.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise BundleError(f"manifest is not UTF-8 JSON: {exc}") from exc
+        except RecursionError:
+            raise BundleError("manifest is not JSON that can be read: nested too deep") from None
         return cls.from_document(document)
 
     @classmethod
@@ -205,6 +281,10 @@ class Manifest:
         files = document["files"]
         if not isinstance(files, list):
             raise BundleError("files: must be a list")
+        if len(files) > MAX_FILES:
+            raise BundleError(
+                f"files: {len(files):,} entries, more than the limit of {MAX_FILES:,}"
+            )
         entries = []
         for position, entry in enumerate(files):
             try:
