@@ -157,8 +157,11 @@ def _install(
 ) -> RestoreReport:
     mapping = dict(mapping or {})
     root_dir = os.path.abspath(root)
-    if os.path.exists(root_dir) and not os.path.isdir(root_dir):
-        raise UsageError(f"--root {root_dir}: not a directory")
+    existing = root_dir
+    while not os.path.lexists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise UsageError(f"--root {root_dir}: {existing} is not a directory")
     installer: _Installer | None = None
     written = bytes_written = skipped = rewritten = 0
     try:
@@ -196,7 +199,7 @@ def _install(
         if installer is not None:
             written, bytes_written, identical = installer.commit()
             skipped += identical
-    except PermissionError as exc:
+    except OSError as exc:  # no space left, no permission: the machine's, not the bundle's
         raise WarmerError(f"cannot write under {root_dir}: {exc}") from None
     finally:
         if installer is not None:
@@ -227,14 +230,22 @@ def _same_file(path: str, size: int, digest: str) -> bool:
 
 
 def _same_bytes(path: str, data: bytes) -> bool:
+    """Whether the file at `path` holds `data`; a link there is never read through (it is
+    replaced, as a file would be), a real directory there is refused."""
+    try:  # non-blocking: a fifo there must not hang the restore
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:  # none there, or a link
+        return False
     try:
-        with open(path, "rb") as existing:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            _refuse_directory(path)
+        if not stat.S_ISREG(mode):
+            return False
+        with open(fd, "rb", closefd=False) as existing:
             return existing.read(len(data) + 1) == data
-    except IsADirectoryError:
-        _refuse_directory(path)  # a link to a directory is replaced, as a file would be
-        return False
-    except OSError:
-        return False
+    finally:
+        os.close(fd)
 
 
 def _refuse_directory(path: str) -> None:
@@ -264,14 +275,15 @@ class _Installer:
 
     def __init__(self, root: str) -> None:
         self._token = secrets.token_hex(6)
-        self._umask = _current_umask()
         self._made_root = _make_directories(root)
+        #: with --root, where writes must stay (links resolved); None for / (no limit)
+        self._real_root = os.path.realpath(root) if root != "/" else None
         self._placed: dict[str, tuple[str, bool]] = {root: (root, False)}
         self._twins: list[tuple[str, str]] = []  # (twin, the directory it becomes)
         self._temps: list[tuple[str, str]] = []  # (temp file, destination)
         self._streamed: list[tuple[str, str | None, int]] = []  # (path, rename to, size)
         self._failures: list[BaseException] = []  # the writers' errors, first one first
-        self._writers = [_Writer(self._umask, self._failures) for _ in range(self._WORKERS)]
+        self._writers = [_Writer(self._failures) for _ in range(self._WORKERS)]
         self._owner: dict[str, _Writer] = {}
         self._queued = self._drained = 0
         self._committed = False
@@ -306,10 +318,8 @@ class _Installer:
         _where, path, compare_with = self._staging_path(destination)
         if compare_with is not None:
             _refuse_directory(destination)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd = os.open(path, _NEW_FILE, mode)
-        with os.fdopen(fd, "wb") as out:
-            _restore_mode(fd, mode, self._umask)
+        _make_directories(os.path.dirname(path))
+        with os.fdopen(os.open(path, _NEW_FILE, _safe_mode(mode)), "wb") as out:
             while chunk := reader.read(1 << 20):
                 out.write(chunk)
             reader.finish()
@@ -339,6 +349,7 @@ class _Installer:
             missing.append(current)
             current = os.path.dirname(current)
         if known is None:
+            self._check_contained(current)
             known = self._placed[current] = (current, False)
         where, staged = known
         if missing and not staged:
@@ -350,6 +361,19 @@ class _Installer:
         for path in missing:
             self._placed[path] = (where + path[len(current) :], True)
         return self._placed[directory]
+
+    def _check_contained(self, directory: str) -> None:
+        """With --root, refuse a directory that a symbolic link under the root leads out of
+        it: writing there would write outside the root. Without --root the user's own links
+        are followed."""
+        if self._real_root is None:
+            return
+        real = os.path.realpath(directory)
+        if real != self._real_root and not real.startswith(self._real_root + "/"):
+            raise UsageError(
+                f"{directory} leads to {real} through a symbolic link, outside --root "
+                f"{self._real_root}: refused (restore writes only under --root)"
+            )
 
     def commit(self) -> tuple[int, int, int]:
         """Wait for every write (the first error is raised), then rename all into place.
@@ -402,14 +426,13 @@ _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
 class _Writer(threading.Thread):
     """Creates the files routed to it; once any writer failed, it only drains its queue."""
 
-    def __init__(self, umask: int, failures: list[BaseException]) -> None:
+    def __init__(self, failures: list[BaseException]) -> None:
         super().__init__(name="warmer-restore-writer", daemon=True)
         self.jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self.renames: list[tuple[str, str]] = []
         self.cancelled = False
         self._failures = failures
         self.written = self.bytes_written = self.skipped = self.done_bytes = 0
-        self._umask = umask
         self._made: set[str] = set()
 
     def run(self) -> None:
@@ -425,16 +448,15 @@ class _Writer(threading.Thread):
         if destination is None:
             directory = os.path.dirname(path)
             if directory not in self._made:
-                os.makedirs(directory, exist_ok=True)
+                _make_directories(directory)
                 self._made.add(directory)
         elif _same_bytes(destination, data):
             self.skipped += 1
             return
         else:
             self.renames.append((path, destination))
-        fd = os.open(path, _NEW_FILE, mode)
+        fd = os.open(path, _NEW_FILE, _safe_mode(mode))
         try:
-            _restore_mode(fd, mode, self._umask)
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
@@ -455,25 +477,33 @@ def _publish_directory(twin: str, directory: str) -> None:
             raise
     for parent, _dirs, files in os.walk(twin):
         target = directory + parent[len(twin) :]
-        os.makedirs(target, exist_ok=True)
+        _make_directories(target)
         for name in files:
             os.replace(os.path.join(parent, name), os.path.join(target, name))
     shutil.rmtree(twin)
 
 
 def _is_directory(path: str) -> bool:
-    """Whether `path` is a directory; anything else in the way is refused now, before a
-    byte is written, rather than at the commit."""
+    """Whether `path` is a directory (or a link to one); anything else in the way is refused
+    now, before a byte is written, rather than at the commit."""
     try:
         if stat.S_ISDIR(os.stat(path).st_mode):
             return True
     except (FileNotFoundError, NotADirectoryError):
-        return False
+        if not os.path.islink(path):
+            return False
+        raise BundleError(
+            f"{path} is a dangling symbolic link here, where the bundle needs a directory: refused"
+        ) from None
+    except OSError as exc:  # a loop of links, a permission
+        raise BundleError(f"{path}: {exc.strerror}, where the bundle needs a directory") from None
     raise BundleError(f"{path} is a file here, where the bundle needs a directory: refused")
 
 
 def _make_directories(path: str) -> list[str]:
-    """`mkdir -p path`; returns the directories it made, outermost first."""
+    """`mkdir -p path`, 0o755 (less the umask) at every level where os.makedirs gives the
+    levels above 0o777; returns the directories it made, outermost first. A directory that
+    another writer makes meanwhile is fine."""
     missing: list[str] = []
     while not os.path.isdir(path):
         missing.append(path)
@@ -481,7 +511,12 @@ def _make_directories(path: str) -> list[str]:
     made: list[str] = []
     try:
         for directory in reversed(missing):
-            os.mkdir(directory, 0o755)
+            try:
+                os.mkdir(directory, 0o755)
+            except FileExistsError:
+                if not os.path.isdir(directory):
+                    raise
+                continue
             made.append(directory)
     except BaseException:
         for directory in reversed(made):
@@ -490,14 +525,8 @@ def _make_directories(path: str) -> list[str]:
     return made
 
 
-def _restore_mode(fd: int, mode: int, umask: int) -> None:
-    """The recorded mode, even where the umask took bits away at creation."""
-    if mode & ~umask != mode:
-        os.fchmod(fd, mode)
-
-
-def _current_umask() -> int:
-    """The process umask (read once, on the calling thread: reading it means setting it)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+def _safe_mode(mode: int) -> int:
+    """The mode a restored file is created with (the umask then applies): the bundle's, less
+    setuid, setgid, sticky and group or other write. A cache file that another user can
+    replace is code that user runs as you."""
+    return mode & 0o755
