@@ -58,6 +58,9 @@ class LazyGroup(click.Group):
                 click.echo("--- last lines of the log ---", err=True)
                 click.echo(log_tail.rstrip("\n"), err=True)
             ctx.exit(exc.exit_code)
+        except OSError as exc:  # the machine's own: no space left, no permission, an I/O error
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(1)
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

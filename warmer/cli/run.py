@@ -100,7 +100,12 @@ def run(
     if runtime != "local":
         missing_images = [job.name for job in jobs if not job.image]
         if missing_images:
-            raise UsageError(f"job(s) {', '.join(missing_images)} name no image")
+            which = "job" if len(missing_images) == 1 else "jobs"
+            raise UsageError(
+                f"{job_file}: {which} {', '.join(missing_images)}: `image` is required for a "
+                "container runtime: add `image: REPOSITORY:TAG` (a digest pin is best) to the "
+                "job, or run it with --runtime local"
+            )
     pusher = _Pusher(registry) if push else None
     if hosts is not None:
         results, outcomes = _fan_out(
@@ -213,6 +218,25 @@ def _report(label: str, result: JobResult | None, error: str | None, log_tail: s
         console.print(f"[{label}] left out (matches no cache kind): {path}")
     if len(result.unclassified) > 10:
         console.print(f"[{label}] … and {len(result.unclassified) - 10} more left out")
+    if result.verify:
+        _report_recompiles(label, result.verify)
+
+
+def _report_recompiles(label: str, verify: Mapping[str, Any]) -> None:
+    """A verify whose warm start compiled again: what, and why as the engine said."""
+    if verify.get("misses"):
+        kinds = ", ".join(
+            f"{kind} {counts['misses']}"
+            for kind, counts in (verify.get("by_kind") or {}).items()
+            if counts["misses"]
+        )
+        console.print(
+            f"[{label}] warning: the warm start from this bundle compiled "
+            f"{verify['misses']} artifact(s) again{f' ({kinds})' if kinds else ''}"
+        )
+    for item in verify.get("recompiled") or []:
+        console.print(f"[{label}] warning: recompiled {item['path']}: {item['reason']}")
+        console.print(f"[{label}]   try: {item['hint']}")
 
 
 def _host_entry(outcome: HostOutcome) -> dict[str, Any]:
