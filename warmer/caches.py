@@ -13,8 +13,9 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 #: Every kind warmer classifies, in the order tables show them.
 KINDS = (
@@ -196,3 +197,91 @@ def rewrite_group(data: bytes, directory: str) -> bytes | None:
         return None
     group["child_paths"] = moved
     return json.dumps(group).encode()
+
+
+#: How many missed artifacts a verify result names.
+MISSED_SHOWN = 20
+#: vLLM files that describe a cache rather than hold compiled work.
+_VLLM_METADATA = ("cache_key_factors.json",)
+
+
+def compile_artifact(path: str, roots: Sequence[CacheRoot]) -> tuple[str, str] | None:
+    """(artifact kind, id) of the compile artifact the file at `path` belongs to; None for a
+    file that is no artifact of its own (a lock, code generated beside an FX graph, metadata).
+
+    Kinds: `vllm-aot`, `vllm-graph`, `inductor-fxgraph`, `inductor-aotautograd`,
+    `inductor-pch`, `triton`, and the cache kind itself for the other caches.
+
+    The id is relative to the cache root, so the same artifact has the same id wherever the
+    root lives. Inductor caches nested in vLLM's (`…/inductor_cache/…`) count as Inductor's.
+    """
+    kind = classify(path, roots)
+    if kind is None:
+        return None
+    root = max((r for r in roots if path.startswith(r.path.rstrip("/") + "/")), key=_length)
+    relpath = path[len(root.path.rstrip("/")) + 1 :]
+    if is_ignored(relpath):
+        return None
+    parts = relpath.split("/")
+    if kind == "vllm":
+        return _vllm_artifact(parts)
+    if kind == "inductor":
+        return _inductor_artifact(parts)
+    if kind == "triton":
+        return ("triton", parts[0]) if len(parts) > 1 else None
+    return (kind, parts[0])
+
+
+def _length(root: CacheRoot) -> int:
+    return len(root.path)
+
+
+def _vllm_artifact(parts: list[str]) -> tuple[str, str] | None:
+    """`torch_compile_cache/torch_aot_compile/<hash>/rank_*/<model>` (a whole AOT-compiled
+    model) and `torch_compile_cache/<hash>/rank_*/<prefix>/…` (compiled graphs)."""
+    if len(parts) < 4 or parts[0] != "torch_compile_cache" or parts[-1] in _VLLM_METADATA:
+        return None
+    if "inductor_cache" in parts:
+        return _inductor_artifact(parts[parts.index("inductor_cache") + 1 :])
+    if parts[1] == "torch_aot_compile":
+        return ("vllm-aot", "/".join(parts[2:])) if len(parts) >= 5 else None
+    return ("vllm-graph", "/".join(parts[1:4])) if len(parts) >= 5 else None
+
+
+def _inductor_artifact(parts: list[str]) -> tuple[str, str] | None:
+    """FX graphs (`fxgraph/<xx>/<key>/…`), AOT autograd entries (`aotautograd/<key>/…`),
+    precompiled headers and Triton kernels under `triton/<device>/<key>/…`."""
+    if len(parts) >= 3 and parts[0] == "fxgraph":
+        return "inductor-fxgraph", parts[2]
+    if len(parts) >= 2 and parts[0] == "aotautograd":
+        return "inductor-aotautograd", parts[1]
+    if len(parts) == 2 and parts[0] == "precompiled_headers":
+        return "inductor-pch", parts[1].split(".", 1)[0]
+    if len(parts) >= 4 and parts[0] == "triton":
+        return "triton", parts[2]
+    return None
+
+
+def write_proof(
+    held: Iterable[str], written: Iterable[str], roots: Sequence[CacheRoot]
+) -> dict[str, Any]:
+    """Hits and misses of a warm start from what it wrote, not from what it logged.
+
+    `held` are the files the bundle put in place, `written` the files the warm start wrote
+    under the cache roots. An artifact the warm start wrote is a miss (it compiled it); one
+    the bundle held and the warm start left alone is a hit.
+    """
+    held_units = {unit for path in held if (unit := compile_artifact(path, roots))}
+    missed = {unit for path in written if (unit := compile_artifact(path, roots))}
+    by_kind: dict[str, dict[str, int]] = {}
+    for label, units in (("hits", held_units - missed), ("misses", missed)):
+        for kind, _ in units:
+            by_kind.setdefault(kind, {"hits": 0, "misses": 0})[label] += 1
+    hits, misses = len(held_units - missed), len(missed)
+    return {
+        "hits": hits,
+        "misses": misses,
+        "hit_rate": round(hits / (hits + misses), 4) if hits + misses else None,
+        "by_kind": dict(sorted(by_kind.items())),
+        "missed": sorted(f"{kind}:{unit}" for kind, unit in missed)[:MISSED_SHOWN],
+    }

@@ -8,6 +8,7 @@ container by then.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -22,10 +23,10 @@ from typing import Any
 import warmer
 from warmer.agent.report import parse_line
 from warmer.bundle import Format, write_bundle, write_tar
-from warmer.caches import CacheRoot, Facts, default_roots, select
+from warmer.caches import CacheRoot, Facts, default_roots, select, write_proof
 from warmer.envkey import EnvKey
 from warmer.errors import JobFailed, UsageError
-from warmer.harvest import Harvest, collect_stream
+from warmer.harvest import Harvest, collect_stream, relocate
 from warmer.runtimes.base import AGENT_PACKAGE_TARGET, ContainerSpec, Mount, RunOutcome, Runtime
 from warmer.save import snapshot
 from warmer.spec import Job
@@ -89,14 +90,36 @@ class _Pass:
     report: dict[str, Any]
 
 
+@dataclass
+class PassResult:
+    """A warm-up in a fresh session (`Runner.run_pass`): the agent's report, the files asked
+    for by path, and (when watched) the cache files the run wrote and its cache roots, at the
+    paths a bundle records."""
+
+    report: dict[str, Any]
+    taken: dict[str, bytes]
+    written: list[str]
+    roots: list[CacheRoot]
+
+
+@contextlib.contextmanager
+def staged(job: Job, run_id: str) -> Iterator[ContainerSpec]:
+    """The container spec of `job`, with the job file it mounts written to a temporary
+    directory that lives as long as the context."""
+    with tempfile.TemporaryDirectory(prefix="warmer-job-") as job_dir:
+        (Path(job_dir) / "job.json").write_text(json.dumps(job.to_manifest()))
+        os.chmod(job_dir, 0o755)
+        yield container_spec(job, Path(job_dir), run_id)
+
+
 def container_spec(job: Job, job_dir: Path, run_id: str) -> ContainerSpec:
-    """What the runtime starts for `job`: the agent, mounted read-only, with the job's env."""
-    if not job.image:
-        raise UsageError(f"job {job.name}: `image` is required for a container runtime")
+    """What the runtime starts for `job`: the agent, mounted read-only, with the job's env.
+    A job without `image` gets an empty one: only the local runtime, which needs none, runs it.
+    """
     package_dir = os.path.dirname(os.path.abspath(warmer.__file__))
     env = {"PYTHONPATH": os.path.dirname(AGENT_PACKAGE_TARGET), "PYTHONUNBUFFERED": "1", **job.env}
     return ContainerSpec(
-        image=job.image,
+        image=job.image or "",
         command=["python3", "-m", "warmer.agent", "run", "--job", f"{JOB_TARGET}/job.json"],
         env=env,
         secret_names=tuple(job.secrets),
@@ -153,12 +176,14 @@ class Runner:
 
     def run(self, job: Job, *, verify: bool = False) -> JobResult:
         """Warm `job` up, harvest, optionally verify, then commit and export (see module doc)."""
+        if not job.image and self.runtime.name != "local":
+            raise UsageError(
+                f"job {job.name}: no `image`; add `image: NAME:TAG` (the image the caches are "
+                f"made for) to the job, or run it with --runtime local"
+            )
         run_id = uuid.uuid4().hex[:12]
         timings: dict[str, float] = {}
-        with tempfile.TemporaryDirectory(prefix="warmer-job-") as job_dir:
-            (Path(job_dir) / "job.json").write_text(json.dumps(job.to_manifest()))
-            os.chmod(job_dir, 0o755)
-            spec = container_spec(job, Path(job_dir), run_id)
+        with staged(job, run_id) as spec:
             self._phase(job, "warm-up")
             started = time.monotonic()
             with self.runtime.start(spec) as session:
@@ -277,39 +302,69 @@ class Runner:
         *,
         preload: Iterable[bytes] | None = None,
         take: Sequence[str] = (),
-    ) -> tuple[dict[str, Any], dict[str, bytes]]:
-        """One warm-up in a fresh session: the agent's report, and the files at `take`
-        (absolute paths in the session) read before the session is removed."""
+        watch: bool = False,
+    ) -> PassResult:
+        """One warm-up in a fresh session. `take`: absolute paths in the session whose files
+        are read before it is removed; `watch`: list the cache files the run wrote (files whose
+        modification time is not older than the pass; a preload keeps the bundle's old times).
+        """
         taken: dict[str, bytes] = {}
+        written: list[str] = []
+        recorded: list[CacheRoot] = []
+        started = int(time.time()) - 1  # tar times are whole seconds
         with self.runtime.start(spec, preload=preload) as session:
             result = self._wait(job, session)
             for path in take:
                 for info, reader in session.read_tree(path):
                     if reader is not None:
                         taken[info.name] = reader.read()
-        return result.report, taken
+            if watch:
+                mapping: Mapping[str, str] = getattr(session, "path_mapping", {})
+                roots = self.roots(job, result.report)
+                recorded = [CacheRoot(r.kind, relocate(r.path, mapping)) for r in roots]
+                for root in _outermost(roots):
+                    written += [
+                        relocate(info.name, mapping)
+                        for info, _ in session.read_tree(root.path)
+                        if info.isreg() and info.mtime >= started
+                    ]
+        return PassResult(result.report, taken, written, recorded)
 
     def _verify(
         self, job: Job, spec: ContainerSpec, manifest: Manifest, cold: Mapping[str, Any]
     ) -> dict[str, Any]:
-        """A fresh run with the bundle preloaded: hit rate and cold vs warm compile time."""
+        """A fresh run with the bundle preloaded: hits proven by what it wrote (see
+        `caches.write_proof`), and cold vs warm compile time."""
         started = time.monotonic()
-        warm, _ = self.run_pass(job, spec, preload=tar_chunks(manifest, self.store))
-        cold_timings, warm_timings = cold.get("timings") or {}, warm.get("timings") or {}
-        cold_s = float(cold_timings.get("compile_s") or 0.0)
-        warm_s = float(warm_timings.get("compile_s") or 0.0)
-        return {
-            "hit_rate": hit_rate(warm),
-            "hits": int(warm.get("hits") or 0),
-            "misses": int(warm.get("misses") or 0),
-            "cold_s": round(cold_s, 3),
-            "warm_s": round(warm_s, 3),
-            "speedup": round(cold_s / warm_s, 2) if warm_s > 0 else None,
-            "cold_import_s": cold_timings.get("import_s"),
-            "warm_import_s": warm_timings.get("import_s"),
-            "counters": warm.get("counters") or {},
-            "_seconds": time.monotonic() - started,
-        }
+        warm = self.run_pass(job, spec, preload=tar_chunks(manifest, self.store), watch=True)
+        return {**verify_result(manifest, cold, warm), "_seconds": time.monotonic() - started}
+
+
+def verify_result(manifest: Manifest, cold: Mapping[str, Any], warm: PassResult) -> dict[str, Any]:
+    """What a verify pass found: the write proof's hits, misses and hit rate (the engine's own
+    count when no compile artifact was involved at all), what the engine said it recompiled
+    and why, and the cold and warm compile times."""
+    proof = write_proof((e.path for e in manifest.files), warm.written, warm.roots)
+    engine = {
+        "hits": int(warm.report.get("hits") or 0),
+        "misses": int(warm.report.get("misses") or 0),
+    }
+    if proof["hit_rate"] is None:
+        proof.update(engine, hit_rate=hit_rate(engine))
+    cold_timings, warm_timings = cold.get("timings") or {}, warm.report.get("timings") or {}
+    cold_s = float(cold_timings.get("compile_s") or 0.0)
+    warm_s = float(warm_timings.get("compile_s") or 0.0)
+    return {
+        **proof,
+        "engine": engine,
+        "recompiled": list(warm.report.get("recompiled") or []),
+        "cold_s": round(cold_s, 3),
+        "warm_s": round(warm_s, 3),
+        "speedup": round(cold_s / warm_s, 2) if warm_s > 0 else None,
+        "cold_import_s": cold_timings.get("import_s"),
+        "warm_import_s": warm_timings.get("import_s"),
+        "counters": warm.report.get("counters") or {},
+    }
 
 
 def _outermost(roots: list[CacheRoot]) -> list[CacheRoot]:

@@ -76,6 +76,7 @@ def run(job_path: str) -> int:
             "counters": outcome.counters,
             "hits": outcome.hits,
             "misses": outcome.misses,
+            "recompiled": outcome.recompiled,
             "steps": progress.steps,
         },
     )

