@@ -15,6 +15,7 @@ import os
 import posixpath
 import tarfile
 import tempfile
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -377,7 +378,7 @@ def _read(stream: IO[bytes], size: int, bundle: Path) -> bytes:
     """Up to `size` bytes; what a decompressor raises for damage becomes a BundleError."""
     try:
         return stream.read(size)
-    except (OSError, EOFError) as exc:
+    except (OSError, EOFError, zlib.error) as exc:  # gzip raises all three
         raise BundleError(f"{bundle}: corrupt or truncated bundle ({exc})") from None
     except Exception as exc:  # zstandard raises its own error type
         if type(exc).__module__.startswith("zstandard"):
