@@ -63,6 +63,8 @@ _VOLUME_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _NETWORK_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]*")
 _MATRIX_REF_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _PATH_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+#: No job spec nests this deep; a hostile one must meet this limit, not Python's stack.
+_MAX_DEPTH = 32
 
 _MODEL_CONFIG = ConfigDict(extra="forbid", frozen=True)
 
@@ -550,7 +552,9 @@ def _read_yaml(path: Path, file: str) -> Any:
     except OSError as exc:
         raise UsageError(f"cannot read {file}: {exc.strerror}") from exc
     try:
-        return yaml.load(text, Loader=_SpecLoader)  # a SafeLoader subclass: no object tags
+        document = yaml.load(text, Loader=_SpecLoader)  # a SafeLoader subclass: no object tags
+    except RecursionError:  # the YAML composer recurses once per level of nesting
+        raise InvalidSpec(file, [Problem("", "invalid YAML: nested too deep")]) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -558,6 +562,48 @@ def _read_yaml(path: Path, file: str) -> Any:
         raise InvalidSpec(file, [Problem("", f"invalid YAML{where}: {problem}")]) from None
     except yaml.YAMLError as exc:
         raise InvalidSpec(file, [Problem("", f"invalid YAML: {exc}")]) from None
+    problems = list(_unusable_values(document))
+    if problems:
+        raise InvalidSpec(file, problems)
+    return document
+
+
+def _unusable_values(document: Any) -> Iterator[Problem]:
+    """What nothing downstream can handle: nesting deeper than _MAX_DEPTH (every later step
+    recurses), and text with no UTF-8 form (a lone surrogate from a "\\udc80" escape, which
+    the job's JSON, its environment and the manifest could not carry)."""
+    pending: list[tuple[Any, list[str | int]]] = [(document, [])]
+    seen: set[int] = set()  # YAML aliases share a node: walk it once, not once per alias
+    while pending:
+        value, loc = pending.pop()
+        if isinstance(value, Mapping | list):
+            if id(value) in seen:
+                continue
+            seen.add(id(value))
+        if len(loc) > _MAX_DEPTH:
+            yield Problem(_format_path("", loc[:_MAX_DEPTH]), f"nested deeper than {_MAX_DEPTH}")
+            return
+        if _no_utf8(value):
+            yield Problem(_format_path("", loc), f"{value!r} is not valid Unicode")
+        elif isinstance(value, Mapping):
+            for key, item in value.items():
+                if _no_utf8(key):
+                    yield Problem(_format_path("", loc), f"key {key!r} is not valid Unicode")
+                else:
+                    pending.append((item, [*loc, str(key)]))
+        elif isinstance(value, list):
+            pending.extend((item, [*loc, index]) for index, item in enumerate(value))
+
+
+def _no_utf8(value: object) -> bool:
+    """Text that cannot be encoded (a lone surrogate)."""
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 # --- matrix and defaults -----------------------------------------------------------------
