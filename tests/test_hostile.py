@@ -373,13 +373,37 @@ def test_without_root_the_users_own_links_are_followed(tmp_path: Path) -> None:
 # -- the spec ------------------------------------------------------------------------------------
 
 
-def test_a_job_without_an_image_on_a_container_runtime_says_what_to_add(tmp_path: Path) -> None:
+def job_file(tmp_path: Path, extra: str = "") -> Path:
+    """A valid job without `image`, and `extra` lines of YAML."""
     spec = tmp_path / "job.yaml"
     spec.write_text(
         "version: 1\nname: t\nengine: {kind: torch-compile, model: 'pkg.mod:factory'}\n"
-        "warmup: {inputs: [{shape: [1, 4]}]}\n"
+        f"warmup: {{inputs: [{{shape: [1, 4]}}]}}\n{extra}\n"
     )
+    return spec
+
+
+def test_a_job_without_an_image_on_a_container_runtime_says_what_to_add(tmp_path: Path) -> None:
+    spec = job_file(tmp_path)
     done = warmer("run", spec, "--runtime", "docker", "--store", tmp_path / "store")
     assert done.exit_code == 2, done.output
     assert f"{spec}: job t: `image` is required for a container runtime" in done.output
     assert "add `image: REPOSITORY:TAG`" in done.output and "--runtime local" in done.output
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "problem"),
+    [
+        ('env: {A: "\\udc80"}', "env.A: '\\udc80' is not valid Unicode"),
+        ('env: {"A\\ud800": x}', "env: key 'A\\ud800' is not valid Unicode"),
+        ("env: " + "{a: " * 40 + "x" + "}" * 40, "nested deeper than 32"),
+        ("env: " + "[" * 5000 + "]" * 5000, "invalid YAML: nested too deep"),
+    ],
+)
+def test_spec_text_no_step_could_carry_is_a_problem_with_its_field(
+    tmp_path: Path, yaml_text: str, problem: str
+) -> None:
+    """A lone surrogate could not reach the container's environment or the manifest, and
+    nesting past Python's stack would be a RecursionError: both are spec problems."""
+    done = warmer("validate", job_file(tmp_path, yaml_text))
+    assert done.exit_code == 2 and problem in done.output, done.output
