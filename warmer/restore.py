@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import posixpath
 import queue
+import re
 import secrets
 import shutil
 import stat
@@ -274,8 +276,10 @@ class _Installer:
     )
 
     def __init__(self, root: str) -> None:
-        self._token = secrets.token_hex(6)
+        self._staged_by = _staging_owner()
+        self._token = f"{self._staged_by or 'x'}-{secrets.token_hex(3)}"
         self._made_root = _make_directories(root)
+        _sweep_dead_staging(root, self._staged_by)
         #: with --root, where writes must stay (links resolved); None for / (no limit)
         self._real_root = os.path.realpath(root) if root != "/" else None
         self._placed: dict[str, tuple[str, bool]] = {root: (root, False)}
@@ -350,6 +354,7 @@ class _Installer:
             current = os.path.dirname(current)
         if known is None:
             self._check_contained(current)
+            _sweep_dead_staging(current, self._staged_by)
             known = self._placed[current] = (current, False)
         where, staged = known
         if missing and not staged:
@@ -464,6 +469,59 @@ class _Writer(threading.Thread):
             os.close(fd)
         self.written += 1
         self.bytes_written += len(data)
+
+
+#: `.warmer-<scope>-<pid>-<start>-<random>-<n>.tmp`: staged by the process pid, started at
+#: start, in scope (one kernel boot and pid namespace): a twin directory when n is d<digits>
+_STAGED_RE = re.compile(r"\.warmer-([0-9a-f]{8}-\d+-\d+)-[0-9a-f]{6}-d?\d+\.tmp")
+
+
+def _staging_owner() -> str | None:
+    """`<scope>-<pid>-<start time>` of this process, so that a later restore can tell that
+    what it staged is left over from a process that is gone (killed); None without /proc."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return None
+    scope = hashlib.sha256(f"{boot}:{namespace}".encode()).hexdigest()[:8]
+    pid = os.getpid()
+    return f"{scope}-{pid}-{_start_time(pid)}"
+
+
+def _start_time(pid: int) -> str | None:
+    """When process pid started (clock ticks since boot), None when there is no such process:
+    with the pid, it names one process even after pids are reused."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat_file:
+            return stat_file.read().rpartition(b")")[2].split()[19].decode()
+    except (OSError, IndexError):
+        return None
+
+
+def _sweep_dead_staging(directory: str, owner: str | None) -> None:
+    """Remove what killed restores staged in `directory`: twins and temp files whose process
+    is gone. Only a process of this boot and pid namespace can be checked; others are left."""
+    if owner is None:
+        return
+    scope = owner.split("-", 1)[0]
+    try:
+        names = [e.name for e in os.scandir(directory) if e.name.startswith(".warmer-")]
+    except OSError:
+        return
+    for name in names:
+        match = _STAGED_RE.fullmatch(name)
+        if match is None:
+            continue
+        their_scope, pid, start = match.group(1).split("-")
+        if their_scope != scope or _start_time(int(pid)) == start:
+            continue  # another namespace's, or its process still runs
+        path = os.path.join(directory, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
 
 
 def _publish_directory(twin: str, directory: str) -> None:
