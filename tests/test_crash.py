@@ -192,18 +192,22 @@ def test_import_killed_anywhere_leaves_a_verifying_store_and_a_rerun_succeeds(
     tmp_path: Path,
 ) -> None:
     bundle = write_bundle(make_manifest(FILES), opener(FILES), tmp_path / "b.tar.zst")
-    reference = warmer("import", bundle, "--store", tmp_path / "ref", "--json", prefix=tmp_path)
-    total = events_in(reference)
-    snapshot = json.loads(reference.stdout)["snapshot"]
+    killed_and_rerun_into_a_store(tmp_path, "import", bundle, same=("ref", "snapshot", "files"))
 
+
+def killed_and_rerun_into_a_store(tmp_path: Path, *command: object, same: tuple[str, ...]) -> None:
+    """`warmer COMMAND --store S` killed at seeded points, each time into a fresh store: the
+    store verifies, and a rerun reports what an uninterrupted run did (the `same` fields)."""
+    reference = warmer(*command, "--store", tmp_path / "ref", "--json", prefix=tmp_path)
+    expected = {key: json.loads(reference.stdout)[key] for key in same}
     store = tmp_path / "store"
-    for kill_at in kill_points(total, "import"):
+    for kill_at in kill_points(events_in(reference), str(command[0])):
         shutil.rmtree(store, ignore_errors=True)
-        killed(kill_at, "import", bundle, "--store", store, prefix=tmp_path)
+        killed(kill_at, *command, "--store", store, prefix=tmp_path)
         store_verifies(store, tmp_path)
-        rerun = warmer("import", bundle, "--store", store, "--json", prefix=tmp_path)
+        rerun = warmer(*command, "--store", store, "--json", prefix=tmp_path)
         assert rerun.returncode == 0, (kill_at, rerun.stderr)
-        assert json.loads(rerun.stdout)["snapshot"] == snapshot
+        assert {key: json.loads(rerun.stdout)[key] for key in same} == expected, kill_at
 
 
 # -- a full disk ---------------------------------------------------------------------------------
@@ -319,16 +323,7 @@ def pushed(tmp_path: Path) -> str:
 def test_pull_killed_anywhere_leaves_a_verifying_store_and_a_rerun_succeeds(
     tmp_path: Path,
 ) -> None:
-    reference = pushed(tmp_path)
-    total = events_in(warmer("pull", reference, "--store", tmp_path / "ref", prefix=tmp_path))
-    store = tmp_path / "store"
-    for kill_at in kill_points(total, "pull"):
-        shutil.rmtree(store, ignore_errors=True)
-        killed(kill_at, "pull", reference, "--store", store, prefix=tmp_path)
-        store_verifies(store, tmp_path)
-        rerun = warmer("pull", reference, "--store", store, "--json", prefix=tmp_path)
-        assert rerun.returncode == 0, (kill_at, rerun.stderr)
-        assert json.loads(rerun.stdout)["files"] == 15
+    killed_and_rerun_into_a_store(tmp_path, "pull", pushed(tmp_path), same=("ref", "files"))
 
 
 @needs_registry
