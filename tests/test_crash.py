@@ -108,13 +108,25 @@ def triton_like_cache(root: Path) -> Path:
     return root
 
 
-def save_env(tmp_path: Path, cache: Path) -> dict[str, str]:
+def save_env(tmp_path: Path) -> dict[str, str]:
+    """The environment of a `warmer save` that finds the Triton-like cache and nothing else."""
     return {
-        "TRITON_CACHE_DIR": str(cache),
+        "TRITON_CACHE_DIR": str(triton_like_cache(tmp_path / "cache")),
         "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "no-inductor"),
         "VLLM_CACHE_ROOT": str(tmp_path / "no-vllm"),
         "HOME": str(tmp_path / "home"),
     }
+
+
+def saved_once(tmp_path: Path) -> tuple[tuple[str, ...], dict[str, str], Path, int]:
+    """(save arguments, environment, the bundle and the number of file-system operations of
+    an uninterrupted save into a store of its own)."""
+    env = save_env(tmp_path)
+    save = ("save", "--kinds", "triton", "--name", "crash")
+    reference = warmer(*save, "--store", tmp_path / "ref", "--out", tmp_path / "ref-out",
+                       prefix=tmp_path, env=env)  # fmt: skip
+    (bundle,) = (tmp_path / "ref-out").iterdir()
+    return save, env, bundle, events_in(reference)
 
 
 # -- kill -9 --------------------------------------------------------------------------------------
@@ -124,14 +136,7 @@ def save_env(tmp_path: Path, cache: Path) -> dict[str, str]:
 def test_save_killed_anywhere_leaves_a_verifying_store_and_a_rerun_succeeds(
     tmp_path: Path,
 ) -> None:
-    cache = triton_like_cache(tmp_path / "cache")
-    env = save_env(tmp_path, cache)
-    save = ("save", "--kinds", "triton", "--name", "crash")
-    reference = warmer(*save, "--store", tmp_path / "ref", "--out", tmp_path / "ref-out",
-                       prefix=tmp_path, env=env)  # fmt: skip
-    total = events_in(reference)
-    (expected,) = (tmp_path / "ref-out").iterdir()
-
+    save, env, expected, total = saved_once(tmp_path)
     store, out = tmp_path / "store", tmp_path / "out"
     for kill_at in kill_points(total, "save"):
         for leftover in (store, out):
@@ -256,14 +261,7 @@ def refused_for_space(done: subprocess.CompletedProcess[str]) -> None:
 def test_save_into_a_full_store_publishes_nothing_and_a_rerun_succeeds(
     tmp_path: Path, small_disk: SmallDisk
 ) -> None:
-    cache = triton_like_cache(tmp_path / "cache")
-    env = save_env(tmp_path, cache)
-    save = ("save", "--kinds", "triton", "--name", "full")
-    reference = warmer(*save, "--store", tmp_path / "ref", "--out", tmp_path / "ref-out",
-                       prefix=tmp_path, env=env)  # fmt: skip
-    assert reference.returncode == 0, reference.stderr
-    (expected,) = (tmp_path / "ref-out").iterdir()
-
+    save, env, expected, _events = saved_once(tmp_path)
     store, out = small_disk.path / "store", tmp_path / "out"
     refused_for_space(warmer(*save, "--store", store, "--out", out, prefix=tmp_path, env=env))
     assert not out.exists() or list(out.iterdir()) == []
@@ -276,8 +274,7 @@ def test_save_into_a_full_store_publishes_nothing_and_a_rerun_succeeds(
 def test_a_bundle_onto_a_full_disk_leaves_no_partial_file(
     tmp_path: Path, small_disk: SmallDisk
 ) -> None:
-    cache = triton_like_cache(tmp_path / "cache")
-    env = save_env(tmp_path, cache)
+    env = save_env(tmp_path)
     save = ("save", "--kinds", "triton", "--store", tmp_path / "store", "--out", small_disk.path)
     refused_for_space(warmer(*save, prefix=tmp_path, env=env))
     assert list(small_disk.path.iterdir()) == []
