@@ -7,6 +7,7 @@ the registry's own storage, and the image form pulled by the real Docker engine.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import random
@@ -23,7 +24,7 @@ from conftest import IMAGE, compile_triton, saved_triton
 from warmer.cli import cli
 from warmer.config import load_settings
 from warmer.envkey import EnvKey
-from warmer.errors import UsageError
+from warmer.errors import RegistryError, RegistryRefused, RegistryUnreachable, UsageError
 from warmer.oci import Reference, credentials, sanitize_tag
 from warmer.registry import LayerFiles, plan_layers
 from warmer.store import Store
@@ -178,7 +179,7 @@ def test_plain_http_only_for_loopback_or_insecure() -> None:
     import http.server
     import threading
 
-    from warmer.oci import Registry, RegistryError
+    from warmer.oci import Registry
 
     address = _outward_address()
     if address is None:
@@ -198,11 +199,134 @@ def test_plain_http_only_for_loopback_or_insecure() -> None:
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         reference = Reference.parse(f"{address}:{server.server_port}/team/caches")
-        with pytest.raises(RegistryError, match="--insecure"):
+        with pytest.raises(RegistryRefused, match="--insecure") as refused:
             Registry(reference).tags()
+        assert refused.value.exit_code == 2
         assert Registry(reference, insecure=True).tags() == ["t1"]
     finally:
         server.shutdown()
+
+
+Answer = tuple[int, dict[str, str], bytes]
+
+
+@pytest.fixture
+def scripted() -> Iterator[tuple[str, dict[str, list[Answer]], list[str]]]:
+    """A plain-HTTP server on loopback answering from a script: "METHOD /path" -> the answers
+    to give in turn (the last one repeats). Yields its address, the script and the requests
+    it saw ("METHOD /path", query left out)."""
+    import http.server
+    import threading
+
+    script: dict[str, list[Answer]] = {"GET /v2/": [(200, {}, b"{}")]}
+    seen: list[str] = []
+
+    class Scripted(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def answer(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            self.rfile.read(length)
+            key = f"{self.command} {self.path.split('?')[0]}"
+            seen.append(key)
+            answers = script.get(key) or [(404, {}, b'{"errors": [{"code": "NAME_UNKNOWN"}]}')]
+            status, headers, body = answers.pop(0) if len(answers) > 1 else answers[0]
+            self.send_response(status)
+            for name, value in {"Content-Type": "application/json", **headers}.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_HEAD = do_POST = do_PUT = answer
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Scripted)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"127.0.0.1:{server.server_port}", script, seen
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_429_and_5xx_are_asked_again_then_give_up(
+    scripted: tuple[str, dict[str, list[Answer]], list[str]],
+) -> None:
+    from warmer.oci import Registry
+
+    address, script, seen = scripted
+    tags = "GET /v2/team/x/tags/list"
+    script[tags] = [
+        (429, {"Retry-After": "0"}, b""),
+        (503, {}, b""),  # no Retry-After: the backoff waits
+        (200, {}, b'{"tags": ["t1"]}'),
+    ]
+    registry = Registry(Reference.parse(f"{address}/team/x"))
+    assert registry.tags() == ["t1"]
+    assert seen.count(tags) == 3
+
+    # An upload answered 503 starts again with a new session.
+    blob = b"layer bytes"
+    digest = "sha256:" + hashlib.sha256(blob).hexdigest()
+    script[f"HEAD /v2/team/x/blobs/{digest}"] = [(404, {}, b"")]
+    script["POST /v2/team/x/blobs/uploads/"] = [(202, {"Location": "/v2/team/x/blobs/up/1"}, b"")]
+    script["PUT /v2/team/x/blobs/up/1"] = [(503, {"Retry-After": "0"}, b""), (201, {}, b"")]
+    assert registry.upload_blob(blob, digest, len(blob))
+    assert seen.count("POST /v2/team/x/blobs/uploads/") == 2
+
+    # Bounded: a registry that keeps failing is an error after a few attempts.
+    script[tags] = [(502, {"Retry-After": "0"}, b"bad gateway")]
+    before = seen.count(tags)
+    with pytest.raises(RegistryError, match="HTTP 502") as failed:
+        registry.tags()
+    assert seen.count(tags) - before == 5 and failed.value.exit_code == 1
+
+
+def test_registry_errors_say_what_to_do_and_exit_2_or_1(
+    scripted: tuple[str, dict[str, list[Answer]], list[str]], tmp_path: Path
+) -> None:
+    import socket
+
+    from warmer.oci import Registry
+
+    address, script, _seen = scripted
+    no_docker = tmp_path / "no-docker-config"
+    no_docker.mkdir()
+    env = {"DOCKER_CONFIG": str(no_docker), "WARMER_REGISTRY_USERNAME": "",
+           "WARMER_REGISTRY_PASSWORD": ""}  # fmt: skip
+    store = str(tmp_path / "store")
+
+    # credentials: 401 and nothing to answer it with
+    script["GET /v2/team/locked/manifests/t"] = [
+        (401, {"WWW-Authenticate": 'Basic realm="r"'}, b"")
+    ]
+    locked = warmer("pull", f"{address}/team/locked:t", "--store", store, env=env)
+    assert locked.exit_code == 2 and "docker login" in locked.output, locked.output
+
+    # no such tag: the tags that exist are named
+    script["GET /v2/team/x/tags/list"] = [(200, {}, b'{"tags": ["a", "b"]}')]
+    script["GET /v2/team/x/manifests/c"] = [
+        (404, {}, b'{"errors": [{"code": "MANIFEST_UNKNOWN"}]}')
+    ]
+    missing = warmer("pull", f"{address}/team/x:c", "--store", store, env=env)
+    assert missing.exit_code == 2, missing.output
+    assert f"c: no such tag in {address}/team/x; its tags: a, b" in missing.output
+
+    # no such repository: --auto finds no tags
+    absent = warmer("pull", "--auto", f"{address}/team/absent", "--store", store, env=env)
+    assert absent.exit_code == 2 and "has no tags (check its name" in absent.output
+
+    # nobody listening: the network, exit 1
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    with pytest.raises(RegistryUnreachable, match="cannot reach the registry"):
+        Registry(Reference.parse(f"127.0.0.1:{port}/team/x")).tags()
+    down = warmer("pull", f"127.0.0.1:{port}/team/x:t", "--store", store, env=env)
+    assert down.exit_code == 1 and "cannot reach the registry" in down.output, down.output
 
 
 # -- against the real registry -----------------------------------------------------------------
@@ -466,7 +590,7 @@ def test_credentials_reach_the_registry_and_nothing_else(
     anonymous = {"DOCKER_CONFIG": str(empty_docker), "WARMER_REGISTRY_USERNAME": "",
                  "WARMER_REGISTRY_PASSWORD": ""}  # fmt: skip
     refused = warmer("push", ref, f"{auth_registry}/team/x:t", "--store", store, env=anonymous)
-    assert refused.exit_code == 1 and "docker login" in refused.output, refused.output
+    assert refused.exit_code == 2 and "docker login" in refused.output, refused.output
 
     with_env = {
         **anonymous,

@@ -1,4 +1,7 @@
-"""Exceptions that carry their CLI exit code (0 ok, 1 unexpected, 2 usage, 3 job, 4 env)."""
+"""Exceptions that carry their CLI exit code (0 ok, 1 unexpected, 2 usage, 3 job, 4 env).
+
+Commands raise these and never exit by themselves: `warmer.cli` maps them to exit codes.
+"""
 
 from __future__ import annotations
 
@@ -34,6 +37,22 @@ class BundleError(UsageError):
 
 class StoreError(WarmerError):
     """The store is damaged or cannot be used."""
+
+
+class RegistryError(WarmerError):
+    """The registry answered with something that does not verify, or failed after retries
+    (exit 1: nothing the user typed is wrong)."""
+
+
+class RegistryUnreachable(RegistryError):
+    """No answer at all: DNS, refused connection, timeout (exit 1: the network, not the input)."""
+
+
+class RegistryRefused(RegistryError):
+    """The registry cannot serve the request as given (exit 2): missing or wrong credentials,
+    a TLS failure, a repository or tag that does not exist. The message says what to change."""
+
+    exit_code = 2
 
 
 class JobFailed(WarmerError):

@@ -4,25 +4,28 @@ Only what warmer needs: check and upload blobs, put and get manifests, list tags
 blob. Credentials come from the environment or Docker's own config (`docker login`,
 credential helpers) and travel only in request headers: never in argv, logs or errors.
 TLS always, except for a loopback registry or an explicit `insecure`, which may use HTTP.
+A 429 or 5xx answer is asked again after a backoff (idempotent requests, and blob uploads
+restarted from the beginning); refusals map to errors that say what to change
+(`warmer.errors`: RegistryRefused exits 2, RegistryUnreachable and RegistryError exit 1).
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import email.utils
 import hashlib
 import json
 import os
 import re
-import shutil
-import subprocess
 import threading
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from warmer.errors import UsageError, WarmerError
+from warmer.errors import RegistryError, RegistryRefused, RegistryUnreachable, UsageError
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -37,10 +40,13 @@ _TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
 _DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 _TIMEOUT_S = 60
 _CHUNK = 1 << 20
-
-
-class RegistryError(WarmerError):
-    """The registry refused a request, or answered with something that does not verify."""
+#: Answers worth asking again: rate limiting and trouble on the registry's side.
+_RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+_RETRY_ATTEMPTS = 5
+#: The first backoff; it doubles with each attempt unless the registry sends Retry-After.
+_RETRY_FIRST_WAIT_S = 0.5
+#: All the waiting one request may do; past it the last answer stands.
+_RETRY_BUDGET_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -108,72 +114,33 @@ def sanitize_repository(text: str) -> str:
 
 def credentials(registry: str, environ: Mapping[str, str] = os.environ) -> tuple[str, str] | None:
     """(username, secret) for `registry`: $WARMER_REGISTRY_USERNAME/PASSWORD, else Docker's
-    config ($DOCKER_CONFIG/config.json: credHelpers, credsStore, auths), else None."""
+    config ($DOCKER_CONFIG/config.json) as docker-py reads it (credHelpers, credsStore,
+    auths), else None."""
+    from docker import auth
+    from docker.errors import DockerException
+
     user, password = (
         environ.get("WARMER_REGISTRY_USERNAME"),
         environ.get("WARMER_REGISTRY_PASSWORD"),
     )
     if user and password:
         return user, password
-    config_dir = Path(environ.get("DOCKER_CONFIG") or Path.home() / ".docker")
+    path = Path(environ.get("DOCKER_CONFIG") or Path.home() / ".docker") / "config.json"
     try:
-        config = json.loads((config_dir / "config.json").read_text())
+        config = auth.load_config(config_dict=json.loads(path.read_text()))
+        # docker-py files Docker Hub under docker.io; its credential helpers run here.
+        found = config.resolve_authconfig(auth.INDEX_NAME if registry == DOCKER_HUB else registry)
     except FileNotFoundError:
         return None
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"{config_dir / 'config.json'}: unreadable Docker config: {exc}") from exc
-    keys = _config_keys(registry)
-    helper = next(
-        (config.get("credHelpers", {}).get(k) for k in keys if k in config.get("credHelpers", {})),
-        None,
-    )
-    auths = config.get("auths", {})
-    entry = next((auths[k] for k in keys if k in auths), None)
-    if helper is None and entry is None:
-        helper = config.get("credsStore")
-    if helper:
-        found = _from_helper(helper, keys[0])
-        if found:
-            return found
-    if isinstance(entry, dict):
-        if entry.get("auth"):
-            try:
-                user, _, password = base64.b64decode(entry["auth"]).decode().partition(":")
-            except (ValueError, UnicodeDecodeError) as exc:
-                raise UsageError(
-                    f"Docker config: auths[{registry}].auth is not base64 user:password"
-                ) from exc
-            return user, password
-        if entry.get("username") and entry.get("password"):
-            return entry["username"], entry["password"]
-    return None
-
-
-def _config_keys(registry: str) -> list[str]:
-    """The keys Docker's config may file a registry under."""
-    if registry == DOCKER_HUB:
-        return ["https://index.docker.io/v1/", "index.docker.io", "docker.io", DOCKER_HUB]
-    return [registry, f"https://{registry}", f"http://{registry}"]
-
-
-def _from_helper(helper: str, server: str) -> tuple[str, str] | None:
-    """Ask `docker-credential-<helper>`; the server URL goes on stdin, the secret comes back."""
-    program = shutil.which(f"docker-credential-{helper}")
-    if program is None:
-        raise UsageError(
-            f"Docker config names credential helper {helper!r}, "
-            f"but docker-credential-{helper} is not on PATH"
-        )
-    done = subprocess.run([program, "get"], input=server.encode(), capture_output=True, timeout=30)
-    if done.returncode != 0:
-        return None  # "credentials not found in native keychain": anonymous
-    try:
-        answer = json.loads(done.stdout)
-        return str(answer["Username"]), str(answer["Secret"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise UsageError(
-            f"docker-credential-{helper} answered something that is not credentials"
-        ) from exc
+    except (OSError, ValueError, DockerException) as exc:
+        raise UsageError(f"{path}: cannot read credentials for {registry}: {exc}") from exc
+    if not found:
+        return None
+    if found.get("IdentityToken"):
+        return "<token>", str(found["IdentityToken"])  # the helpers' spelling of a token login
+    user = found.get("Username") or found.get("username")
+    password = found.get("Password") or found.get("password")
+    return (str(user), str(password)) if user and password else None
 
 
 # -- the client ------------------------------------------------------------------------------
@@ -216,14 +183,15 @@ class Registry:
                 self._session.verify = verify
         except requests.exceptions.SSLError as exc:
             if not plain_ok:
-                raise RegistryError(
-                    f"{host}: TLS failed ({_reason(exc)}); pass --insecure (or "
+                raise RegistryRefused(
+                    f"{host}: TLS failed ({_reason(exc)}); give Docker's CA for it in "
+                    f"/etc/docker/certs.d/{host}/ca.crt, or pass --insecure (or "
                     "WARMER_REGISTRY_INSECURE=1) only if this registry speaks plain HTTP on purpose"
                 ) from None
             self._base = f"http://{host}"
         except requests.exceptions.ConnectionError as exc:
             if not plain_ok:
-                raise RegistryError(f"{host}: cannot connect: {_reason(exc)}") from None
+                raise _unreachable(host, exc) from None
             self._base = f"http://{host}"
         return self._base
 
@@ -236,7 +204,17 @@ class Registry:
         headers: Mapping[str, str] | None = None,
         **kwargs: Any,
     ) -> Any:
-        """One request with authentication; a 401 fetches a token (or uses Basic) and retries."""
+        """One idempotent request, asked again after 429 and 5xx; an answer outside `ok`
+        raises the error that says what to change."""
+        response = _with_retries(lambda: self._send(method, path, headers, **kwargs))
+        if response.status_code not in ok:
+            raise _refusal(response, method, self.reference)
+        return response
+
+    def _send(
+        self, method: str, path: str, headers: Mapping[str, str] | None = None, **kwargs: Any
+    ) -> Any:
+        """One request with authentication; a 401 fetches a token (or uses Basic) and resends."""
         import requests
 
         url = path if path.startswith("http") else self._base_url() + path
@@ -247,9 +225,15 @@ class Registry:
             if self._token:
                 sent_headers["Authorization"] = self._token
             if body is not None and hasattr(body, "seek"):
-                body.seek(0)  # a retry sends the whole body again
+                body.seek(0)  # a resend sends the whole body again
             try:
                 response = self._session.request(method, url, headers=sent_headers, **kwargs)
+            except requests.exceptions.SSLError as exc:
+                raise RegistryRefused(
+                    f"{self.reference.registry}: TLS failed ({_reason(exc)})"
+                ) from None
+            except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
+                raise _unreachable(self.reference.registry, exc) from None
             except requests.exceptions.RequestException as exc:
                 raise RegistryError(
                     f"{self.reference.registry}: {method} failed: {_reason(exc)}"
@@ -257,8 +241,6 @@ class Registry:
             if response.status_code != 401 or attempt:
                 break
             self._authenticate(response.headers.get("WWW-Authenticate", ""))
-        if response.status_code not in ok:
-            raise RegistryError(_explain(response, method, self.reference))
         return response
 
     def _authenticate(self, challenge: str) -> None:
@@ -268,7 +250,7 @@ class Registry:
         with self._token_lock:
             if scheme.lower() == "basic":
                 if not self._credentials:
-                    raise RegistryError(
+                    raise RegistryRefused(
                         f"{self.reference.registry}: needs credentials ({_LOGIN_HINT})"
                     )
                 user, password = self._credentials
@@ -281,14 +263,18 @@ class Registry:
             query = {"service": params.get("service", "")}
             query["scope"] = f"repository:{self.repository}:pull,push"
             auth = self._credentials
-            response = self._session.get(
-                params["realm"], params=query, auth=auth, timeout=_TIMEOUT_S
+            response = _with_retries(
+                lambda: self._session.get(
+                    params["realm"], params=query, auth=auth, timeout=_TIMEOUT_S
+                )
             )
-            if response.status_code != 200:
-                raise RegistryError(
+            if response.status_code in (401, 403):
+                raise RegistryRefused(
                     f"{self.reference.registry}: token request refused ({response.status_code}); "
                     + ("check the credentials" if auth else _LOGIN_HINT)
                 )
+            if response.status_code != 200:
+                raise _refusal(response, "token GET", self.reference)
             payload = response.json()
             token = payload.get("token") or payload.get("access_token")
             if not token:
@@ -302,21 +288,32 @@ class Registry:
         return bool(response.status_code == 200)
 
     def upload_blob(self, source: IO[bytes] | bytes, digest: str, size: int) -> bool:
-        """Upload unless the registry has it; returns whether bytes were sent."""
+        """Upload unless the registry has it; returns whether bytes were sent.
+
+        An upload answered with 429 or 5xx starts again with a new upload session: the state
+        of the failed one is unknown.
+        """
         if self.has_blob(digest):
             return False
-        started = self._request("POST", f"/v2/{self.repository}/blobs/uploads/", ok=(202,))
-        location = started.headers["Location"]
-        if location.startswith("/"):
-            location = self._base_url() + location
-        separator = "&" if "?" in location else "?"
-        self._request(
-            "PUT",
-            f"{location}{separator}digest={digest}",
-            ok=(201,),
-            data=source,
-            headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)},
-        )
+
+        def upload() -> Any:
+            started = self._send("POST", f"/v2/{self.repository}/blobs/uploads/")
+            if started.status_code != 202:
+                return started
+            location = started.headers["Location"]
+            if location.startswith("/"):
+                location = self._base_url() + location
+            separator = "&" if "?" in location else "?"
+            return self._send(
+                "PUT",
+                f"{location}{separator}digest={digest}",
+                {"Content-Type": "application/octet-stream", "Content-Length": str(size)},
+                data=source,
+            )
+
+        response = _with_retries(upload)
+        if response.status_code != 201:
+            raise _refusal(response, response.request.method, self.reference)
         with self._sent_lock:
             self.bytes_sent += size
         return True
@@ -404,17 +401,64 @@ def _reason(exc: Exception) -> str:
     return re.sub(r"\?[^ '\")]*", "", text)[:300]
 
 
-def _explain(response: Any, method: str, reference: Reference) -> str:
-    """A one-line reason from a registry's error body ({"errors": [{"code", "message"}]})."""
+def _with_retries(send: Callable[[], Any]) -> Any:
+    """`send()`, sent again while the answer is 429 or 5xx: after Retry-After when the
+    registry gives one, else after 0.5, 1, 2, 4 s; at most `_RETRY_ATTEMPTS` tries and
+    `_RETRY_BUDGET_S` of waiting, after which the last answer stands."""
+    waited = 0.0
+    response = send()
+    for attempt in range(1, _RETRY_ATTEMPTS):
+        if response.status_code not in _RETRY_STATUSES:
+            break
+        wait = _retry_after(response.headers.get("Retry-After"))
+        if wait is None:
+            wait = _RETRY_FIRST_WAIT_S * 2 ** (attempt - 1)
+        if waited + wait > _RETRY_BUDGET_S:
+            break
+        response.close()
+        time.sleep(wait)
+        waited += wait
+        response = send()
+    return response
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (delay-seconds or an HTTP date); None if absent."""
+    if not value:
+        return None
+    if value.strip().isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _unreachable(host: str, exc: Exception) -> RegistryUnreachable:
+    return RegistryUnreachable(
+        f"{host}: cannot reach the registry ({_reason(exc)}); check the address, the "
+        "network and any proxy, then try again"
+    )
+
+
+def _refusal(response: Any, method: str, reference: Reference) -> RegistryError:
+    """The error for an answer outside the expected ones, with a reason from the registry's
+    error body ({"errors": [{"code", "message"}]}): credentials and unknown names are the
+    user's to fix (RegistryRefused), anything else is the registry's (RegistryError)."""
     try:
         errors = response.json().get("errors") or []
+        codes = {str(e.get("code")) for e in errors}
         detail = "; ".join(f"{e.get('code')}: {e.get('message')}" for e in errors)
-    except ValueError:
-        detail = response.text[:200]
-    if response.status_code in (401, 403):
-        detail = f"{detail} ({_LOGIN_HINT})"
+    except (ValueError, AttributeError):
+        codes, detail = set(), response.text[:200]
     where = f"{reference.registry}/{reference.repository}"
-    return f"{where}: {method} refused: HTTP {response.status_code} {detail}"
+    text = f"{where}: {method} refused: HTTP {response.status_code} {detail}".rstrip()
+    if response.status_code in (401, 403):
+        return RegistryRefused(f"{text} ({_LOGIN_HINT})")
+    if response.status_code == 404 and codes & {"NAME_UNKNOWN", "MANIFEST_UNKNOWN"}:
+        return RegistryRefused(f"{text} (check the repository name and tag)")
+    return RegistryError(text)
 
 
 _LOGIN_HINT = "run `docker login`, or set WARMER_REGISTRY_USERNAME and WARMER_REGISTRY_PASSWORD"

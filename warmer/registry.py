@@ -30,13 +30,12 @@ from typing import IO, Any, BinaryIO, Literal, cast
 
 from warmer.bundle import MEMBER_MTIME, Format, compressed_writer, member_name, tar_member
 from warmer.envkey import EnvKey, compare
-from warmer.errors import BundleError, UsageError
+from warmer.errors import BundleError, RegistryError, RegistryRefused, UsageError
 from warmer.oci import (
     OCI_MANIFEST,
     CheckedStream,
     Reference,
     Registry,
-    RegistryError,
     sanitize_repository,
     sanitize_tag,
 )
@@ -63,6 +62,8 @@ _ANNOTATION = "org.warmer"
 _CONFIG_LIMIT = 256 << 20
 _BASE_CANDIDATES = 10
 _WORKERS = 4
+#: Tags a "no such tag" error lists.
+_TAGS_SHOWN = 10
 
 #: progress(step, detail): "layer" (uploaded/reused/fetched), "tag" (auto selection)
 Progress = Callable[[str, str], None]
@@ -241,7 +242,7 @@ def select_tag(registry: Registry, here: EnvKey | None = None) -> tuple[str, lis
     here = here or EnvKey.probe()
     tags = registry.tags()
     if not tags:
-        raise UsageError(f"{registry.reference}: the repository has no tags")
+        raise _no_such_tag(registry, None, [])
 
     def judge(tag: str) -> tuple[str, list[str], list[str], str]:
         found = registry.get_manifest(tag)
@@ -358,6 +359,22 @@ def push(
     )
 
 
+def _no_such_tag(
+    registry: Registry, tag: str | None, tags: list[str], option: str = ""
+) -> RegistryRefused:
+    """Exit 2, naming the tags that do exist (a repository without tags may not exist)."""
+    repository = registry.reference.with_tag(None)
+    where = f"{option}{tag}: no such tag in {repository}" if tag else str(repository)
+    if not tags:
+        return RegistryRefused(
+            f"{where}: the repository has no tags (check its name, or push to it first)"
+        )
+    shown = ", ".join(tags[:_TAGS_SHOWN]) + (
+        f" … and {len(tags) - _TAGS_SHOWN} more" if len(tags) > _TAGS_SHOWN else ""
+    )
+    return RegistryRefused(f"{where}; its tags: {shown}")
+
+
 def _reuse(registry: Registry, layer: LayerFiles) -> tuple[LayerFiles, bool]:
     """A base layer kept as it is (its blob must still be in the repository)."""
     if registry.has_blob(layer.digest):
@@ -390,7 +407,7 @@ def _find_base(
             continue
         if published is None:
             if base:
-                raise UsageError(f"--base {base}: no such tag in {registry.reference}")
+                raise _no_such_tag(registry, base, registry.tags(), "--base ")
             continue
         if published.form != form or (not base and published.manifest.name != manifest.name):
             continue
@@ -546,7 +563,7 @@ def pull(
             raise UsageError(f"{source}: name a tag (REPO:TAG) or pass --auto to pick one")
     published = read_published(registry, wanted)
     if published is None:
-        raise UsageError(f"{source.with_tag(wanted)}: no such tag")
+        raise _no_such_tag(registry, wanted, registry.tags())
     fetched, received = _fetch(registry, published, store, say)
     info: SnapshotInfo = store.commit(published.manifest)
     return PullReport(

@@ -12,6 +12,7 @@ import click
 
 from warmer.cli.options import json_option, store_option
 from warmer.cli.output import console, emit_json, table
+from warmer.errors import JobFailed, RegistryError
 from warmer.units import format_duration, format_size
 
 if TYPE_CHECKING:
@@ -81,7 +82,7 @@ def run(
     as_json: bool,
 ) -> None:
     """Warm up each job of JOB_FILE, harvest its compile caches, export a bundle per job."""
-    from warmer.errors import JobFailed, UsageError
+    from warmer.errors import UsageError
     from warmer.runner import Runner
     from warmer.runtimes import available_runtime, get_runtime
     from warmer.spec import load_jobs
@@ -123,7 +124,7 @@ def run(
         else:
             _summary(results, with_host=True)
             _host_summary(outcomes)
-        _exit_if_failed(results)
+        _raise_if_failed(results)
         return
     assert runtime is not None
     engine = get_runtime(runtime)
@@ -150,7 +151,7 @@ def run(
         emit_json({"jobs": results})
     else:
         _summary(results)
-    _exit_if_failed(results)
+    _raise_if_failed(results)
 
 
 def _what(job: Job) -> str:
@@ -250,12 +251,15 @@ def _host_entry(outcome: HostOutcome) -> dict[str, Any]:
     }
 
 
-def _exit_if_failed(results: Sequence[Mapping[str, Any]]) -> None:
-    """Exit 3 when a job failed; 1 when every job passed but a push did not."""
-    if not all(item["ok"] for item in results):
-        click.get_current_context().exit(3)
-    if any("error" in (item.get("push") or {}) for item in results):
-        click.get_current_context().exit(1)
+def _raise_if_failed(results: Sequence[Mapping[str, Any]]) -> None:
+    """JobFailed (exit 3) when a job failed; RegistryError (exit 1) when all passed but a push
+    did not."""
+    failed = sum(not item["ok"] for item in results)
+    if failed:
+        raise JobFailed(f"{failed} of {len(results)} job(s) failed")
+    pushes = sum("error" in (item.get("push") or {}) for item in results)
+    if pushes:
+        raise RegistryError(f"{pushes} of {len(results)} push(es) failed")
 
 
 class _Pusher:

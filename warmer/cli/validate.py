@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -54,5 +53,6 @@ def validate(files: tuple[Path, ...], as_json: bool) -> None:
     else:
         for result in results:
             _report(result)
-    if not all(result["ok"] for result in results):
-        sys.exit(UsageError.exit_code)
+    bad = sum(not result["ok"] for result in results)
+    if bad:
+        raise UsageError(f"{bad} of {len(results)} file(s) invalid")
