@@ -73,13 +73,25 @@ def test_tiny_cpu_example() -> None:
 
 def test_llama_example() -> None:
     (job,) = load_jobs(JOBS / "llama.yaml")
-    assert (job.backend, job.engine.kind, job.image) == ("cuda", "vllm", "vllm/vllm-openai:v0.9.2")
+    assert (job.backend, job.engine.kind, job.image) == ("cuda", "vllm", "vllm/vllm-openai:v0.32.0")
+    assert job.engine.args["max_num_seqs"] == max(job.warmup.batch_sizes)
     assert job.secrets == ["HF_TOKEN"]
     assert job.volumes == ["/models:/models:ro"]
     assert job.env == {"HF_HOME": "/models"}
     assert job.warmup.prompt_lengths == [16, 512, 4096]
     assert job.warmup.batch_sizes == [1, 8, 32]
     assert job.timeout == 1800.0
+
+
+def test_vllm_cpu_examples_differ_only_in_mode_and_name() -> None:
+    (offline,) = load_jobs(JOBS / "vllm-cpu.yaml")
+    (serve,) = load_jobs(JOBS / "vllm-cpu-serve.yaml")
+    assert (offline.engine.mode, serve.engine.mode) == ("offline", "serve")
+    assert offline.image == serve.image == "warmer-vllm-cpu:vllm0.32.0-torch2.13.0"
+    assert offline.env == serve.env == {"VLLM_USE_AOT_COMPILE": "0"}
+    assert offline.engine.args == serve.engine.args
+    assert offline.engine.args["kv_cache_memory_bytes"] > 0
+    assert offline.warmup == serve.warmup
 
 
 def test_matrix_example() -> None:
