@@ -391,6 +391,15 @@ def test_a_job_without_an_image_on_a_container_runtime_says_what_to_add(tmp_path
     assert "add `image: REPOSITORY:TAG`" in done.output and "--runtime local" in done.output
 
 
+#: Nine lines that expand to 10**9 strings: refused before anything copies them.
+BILLION_LAUGHS = "\n".join(
+    [
+        'a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]',
+        *(f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)),
+    ]
+)
+
+
 @pytest.mark.parametrize(
     ("yaml_text", "problem"),
     [
@@ -398,6 +407,8 @@ def test_a_job_without_an_image_on_a_container_runtime_says_what_to_add(tmp_path
         ('env: {"A\\ud800": x}', "env: key 'A\\ud800' is not valid Unicode"),
         ("env: " + "{a: " * 40 + "x" + "}" * 40, "nested deeper than 32"),
         ("env: " + "[" * 5000 + "]" * 5000, "invalid YAML: nested too deep"),
+        (BILLION_LAUGHS, "more than 1,000,000 values once YAML aliases expand"),
+        ("x: &x [1, *x]", "a YAML alias refers to a node that contains it"),
     ],
 )
 def test_spec_text_no_step_could_carry_is_a_problem_with_its_field(

@@ -65,6 +65,9 @@ _MATRIX_REF_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _PATH_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 #: No job spec nests this deep; a hostile one must meet this limit, not Python's stack.
 _MAX_DEPTH = 32
+#: No job spec holds this many values once YAML aliases are expanded (a billion-laughs
+#: document is a few lines that expand to billions: refused before anything copies it).
+_MAX_VALUES = 1_000_000
 
 _MODEL_CONFIG = ConfigDict(extra="forbid", frozen=True)
 
@@ -562,10 +565,39 @@ def _read_yaml(path: Path, file: str) -> Any:
         raise InvalidSpec(file, [Problem("", f"invalid YAML{where}: {problem}")]) from None
     except yaml.YAMLError as exc:
         raise InvalidSpec(file, [Problem("", f"invalid YAML: {exc}")]) from None
-    problems = list(_unusable_values(document))
+    problems = list(_unusable_values(document)) or list(_oversized(document))
     if problems:
         raise InvalidSpec(file, problems)
     return document
+
+
+def _oversized(document: Any) -> Iterator[Problem]:
+    """A document that refers to itself, or that expands past _MAX_VALUES values: YAML
+    aliases share one node however often they are used, but every later step (validation,
+    the job's JSON, the manifest) copies it once per use."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+    pending: list[tuple[Any, bool]] = [(document, False)]
+    while pending:
+        value, children_done = pending.pop()
+        items = list(value.values()) if isinstance(value, Mapping) else value
+        if children_done:
+            open_nodes.discard(id(value))
+            sizes[id(value)] = 1 + sum(sizes.get(id(item), 1) for item in items)
+            if sizes[id(value)] > _MAX_VALUES:
+                yield Problem("", f"more than {_MAX_VALUES:,} values once YAML aliases expand")
+                return
+            continue
+        if id(value) in open_nodes:
+            yield Problem("", "a YAML alias refers to a node that contains it")
+            return
+        open_nodes.add(id(value))
+        pending.append((value, True))
+        pending.extend(
+            (item, False)
+            for item in items
+            if isinstance(item, Mapping | list) and id(item) not in sizes
+        )
 
 
 def _unusable_values(document: Any) -> Iterator[Problem]:
