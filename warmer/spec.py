@@ -577,7 +577,7 @@ def _oversized(document: Any) -> Iterator[Problem]:
     the job's JSON, the manifest) copies it once per use."""
     sizes: dict[int, int] = {}
     open_nodes: set[int] = set()
-    pending: list[tuple[Any, bool]] = [(document, False)]
+    pending: list[tuple[Any, bool]] = [(document, False)] if _is_node(document) else []
     while pending:
         value, children_done = pending.pop()
         items = list(value.values()) if isinstance(value, Mapping) else value
@@ -593,11 +593,11 @@ def _oversized(document: Any) -> Iterator[Problem]:
             return
         open_nodes.add(id(value))
         pending.append((value, True))
-        pending.extend(
-            (item, False)
-            for item in items
-            if isinstance(item, Mapping | list) and id(item) not in sizes
-        )
+        pending.extend((item, False) for item in items if _is_node(item) and id(item) not in sizes)
+
+
+def _is_node(value: object) -> bool:
+    return isinstance(value, Mapping | list)
 
 
 def _unusable_values(document: Any) -> Iterator[Problem]:
