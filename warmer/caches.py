@@ -4,6 +4,9 @@ Roots are computed from plain facts (environment variables, home, temp dir, user
 same function answers for this process and for a container whose facts the agent reported.
 Some caches are written at their default place whatever the variables say (FACTS.md: CPU
 Inductor's `precompiled_headers`), so a redirected root adds the default one as well.
+
+Relocation lives here too: a file recorded at one path and found (or installed) at another
+(`relocate`), and the Triton group files whose children must follow it (`rewrite_group`).
 """
 
 from __future__ import annotations
@@ -197,6 +200,18 @@ def rewrite_group(data: bytes, directory: str) -> bytes | None:
         return None
     group["child_paths"] = moved
     return json.dumps(group).encode()
+
+
+def relocate(path: str, mapping: Mapping[str, str]) -> str:
+    """`path` with the longest matching prefix of `mapping` replaced (identity otherwise)."""
+    best = ""
+    for old in mapping:
+        prefix = old.rstrip("/") + "/"
+        if (path == old.rstrip("/") or path.startswith(prefix)) and len(old) > len(best):
+            best = old
+    if not best:
+        return path
+    return mapping[best].rstrip("/") + path[len(best.rstrip("/")) :]
 
 
 #: How many missed artifacts a verify result names.

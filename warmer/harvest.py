@@ -17,7 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from warmer.caches import CacheRoot, classify, is_ignored, is_triton_group, rewrite_group
+from warmer.caches import (
+    CacheRoot,
+    classify,
+    is_ignored,
+    is_triton_group,
+    relocate,
+    rewrite_group,
+)
 from warmer.store import Store
 from warmer.store.manifest import FileEntry
 
@@ -46,18 +53,6 @@ class Harvest:
             kind["files"] += 1
             kind["bytes"] += entry.size
         return totals
-
-
-def relocate(path: str, mapping: Mapping[str, str]) -> str:
-    """`path` with the longest matching prefix of `mapping` replaced (identity otherwise)."""
-    best = ""
-    for old in mapping:
-        prefix = old.rstrip("/") + "/"
-        if (path == old.rstrip("/") or path.startswith(prefix)) and len(old) > len(best):
-            best = old
-    if not best:
-        return path
-    return mapping[best].rstrip("/") + path[len(best.rstrip("/")) :]
 
 
 def walk_roots(roots: Sequence[CacheRoot]) -> Iterator[tuple[str, str]]:

@@ -28,10 +28,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from warmer.bundle import VerifiedReader, open_bundle
-from warmer.caches import is_triton_group, rewrite_group
+from warmer.caches import is_triton_group, relocate, rewrite_group
 from warmer.envkey import EnvKey, compare
 from warmer.errors import BundleError, EnvMismatch, UsageError, WarmerError
-from warmer.harvest import relocate
 from warmer.store.cas import digest_file
 from warmer.store.manifest import FileEntry, Manifest
 

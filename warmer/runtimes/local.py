@@ -23,8 +23,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-from warmer.caches import Facts, default_roots, inductor_default_dir, is_triton_group, rewrite_group
-from warmer.harvest import relocate
+from warmer.caches import (
+    Facts,
+    default_roots,
+    inductor_default_dir,
+    is_triton_group,
+    relocate,
+    rewrite_group,
+)
 from warmer.runtimes.base import (
     AGENT_PACKAGE_TARGET,
     STOP_GRACE_S,
