@@ -5,6 +5,7 @@ runtime) and tar streams out of a container (the docker runtime). Each file is c
 the cache root that holds it; files that match no kind are listed, so a user sees what was
 left out. Triton group files are re-pointed when a file is recorded at another path than
 where it was found, so that even a plain `tar -x` / Docker `ADD` of the bundle hits.
+`snapshot` commits what a harvest collected to the store as one manifest.
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ from warmer.caches import (
     relocate,
     rewrite_group,
 )
-from warmer.store import Store
-from warmer.store.manifest import FileEntry
+from warmer.envkey import EnvKey
+from warmer.store import SnapshotInfo, Store
+from warmer.store.manifest import FileEntry, Manifest
 
 #: progress(files_done, bytes_done)
 Progress = Callable[[int, int], None]
@@ -150,3 +152,25 @@ def collect_stream(
         if progress:
             progress(len(harvest.entries), harvest.size)
     return harvest
+
+
+def snapshot(
+    store: Store,
+    harvest: Harvest,
+    *,
+    name: str,
+    env: EnvKey,
+    job: Mapping[str, object] | None = None,
+    verify: Mapping[str, object] | None = None,
+) -> tuple[SnapshotInfo, Manifest]:
+    """Commit a harvest to the store as the snapshot `name@<env tag>`."""
+    manifest = Manifest(
+        name=name,
+        env=env.to_dict(),
+        env_tag=env.tag,
+        env_digest=env.digest,
+        files=tuple(sorted(harvest.entries, key=lambda entry: entry.path)),
+        job=dict(job) if job is not None else None,
+        verify=dict(verify) if verify is not None else None,
+    )
+    return store.commit(manifest), manifest

@@ -26,9 +26,8 @@ from warmer.bundle import Format, write_bundle, write_tar
 from warmer.caches import CacheRoot, Facts, default_roots, relocate, select, write_proof
 from warmer.envkey import EnvKey
 from warmer.errors import JobFailed, UsageError
-from warmer.harvest import Harvest, collect_stream
+from warmer.harvest import Harvest, collect_stream, snapshot
 from warmer.runtimes.base import AGENT_PACKAGE_TARGET, ContainerSpec, Mount, RunOutcome, Runtime
-from warmer.save import snapshot
 from warmer.spec import Job
 from warmer.store import Store
 from warmer.store.manifest import Manifest

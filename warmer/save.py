@@ -6,7 +6,7 @@ warm-up. Roots come from this process's environment (`warmer.caches.default_root
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +14,7 @@ from warmer.bundle import Format, write_bundle
 from warmer.caches import CacheRoot, Facts, default_roots, select
 from warmer.envkey import EnvKey
 from warmer.errors import UsageError
-from warmer.harvest import Harvest, Progress, collect_host_files, walk_roots
+from warmer.harvest import Harvest, Progress, collect_host_files, snapshot, walk_roots
 from warmer.store import SnapshotInfo, Store
 from warmer.store.manifest import Manifest
 
@@ -39,28 +39,6 @@ class SaveResult:
             "env": self.manifest.env,
             "env_tag": self.manifest.env_tag,
         }
-
-
-def snapshot(
-    store: Store,
-    harvest: Harvest,
-    *,
-    name: str,
-    env: EnvKey,
-    job: Mapping[str, object] | None = None,
-    verify: Mapping[str, object] | None = None,
-) -> tuple[SnapshotInfo, Manifest]:
-    """Commit a harvest to the store as the snapshot `name@<env tag>`."""
-    manifest = Manifest(
-        name=name,
-        env=env.to_dict(),
-        env_tag=env.tag,
-        env_digest=env.digest,
-        files=tuple(sorted(harvest.entries, key=lambda entry: entry.path)),
-        job=dict(job) if job is not None else None,
-        verify=dict(verify) if verify is not None else None,
-    )
-    return store.commit(manifest), manifest
 
 
 def save(
