@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers.agent import run_agent
 
 from warmer.agent.probe import gfx_name, parse_torch_version_file, probe, select_visible
 from warmer.agent.report import PROTOCOL_VERSION, parse_line
 from warmer.caches import CACHE_VARIABLES
-from warmer.spec import job_from_dict
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_TORCH_JOB: dict[str, Any] = {
@@ -42,30 +42,6 @@ def python(code: str, env: dict[str, str] | None = None) -> str:
         env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
     )
     return done.stdout
-
-
-def run_agent(
-    job: dict[str, Any], tmp_path: Path, env: dict[str, str] | None = None
-) -> tuple[int, list[dict[str, Any]], dict[str, Any], str, str]:
-    """`python -m warmer.agent run` on a validated job.
-
-    Returns (exit status, progress documents, the report, stdout, stderr).
-    """
-    job_file = tmp_path / "job.json"
-    job_file.write_text(json.dumps(job_from_dict(job).model_dump(mode="json")))
-    done = subprocess.run(
-        [sys.executable, "-m", "warmer.agent", "run", "--job", str(job_file)],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
-        cwd=tmp_path,
-        timeout=300,
-    )
-    parsed = [parse_line(line) for line in done.stdout.splitlines()]
-    progress = [document for kind, document in filter(None, parsed) if kind == "progress"]
-    reports = [document for kind, document in filter(None, parsed) if kind == "report"]
-    assert len(reports) == 1, done.stdout + done.stderr
-    return done.returncode, progress, reports[0], done.stdout, done.stderr
 
 
 def cache_env(tmp_path: Path) -> dict[str, str]:

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_agent import REPO, run_agent
+from conftest import REPO
+from helpers.agent import run_agent
 
 from warmer.agent.engines.vllm import (
     Batch,

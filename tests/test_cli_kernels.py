@@ -238,7 +238,7 @@ def test_dedupe_keeps_the_most_recently_used_identical_binary(
 
 
 def test_ls_reads_a_store_ref_and_a_bundle(triton_cache: Path, tmp_path: Path) -> None:
-    from test_kernels import saved
+    from helpers.kernels import saved
 
     ref, store_root, bundle = saved(triton_cache, tmp_path)
     from_store = warmer_cli("ls", ref, "--store", str(store_root), "--json")

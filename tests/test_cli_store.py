@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
-from test_store import TAG, ingest_tree, manifest, put_files
+from helpers.store import TAG, ingest_tree, manifest, put_files
 
 from warmer.cli import cli
 from warmer.errors import BundleError, StoreError, UsageError

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from test_bundle import make_manifest, opener
-from test_registry import REGISTRY, needs_registry, synthetic
+from helpers.bundles import make_manifest, opener
+from helpers.registry import REGISTRY, needs_registry, synthetic
 
 from warmer.bundle import verify_bundle, write_bundle
 from warmer.store import Store

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 from conftest import IMAGE, REPO
-from test_run import SMALL_INPUTS, SMALL_MODEL, WARMER, warmer, warmer_environ
+from helpers.run import SMALL_INPUTS, SMALL_MODEL, WARMER, warmer, warmer_environ
 
 from warmer.config import HostConfig
 from warmer.errors import UsageError

@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from helpers.bundles import FILES, make_manifest, opener
+from helpers.restore import leftovers, tree
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_bundle import FILES, make_manifest, opener
-from test_restore_install import leftovers, tree
 
 from warmer.bundle import verify_bundle, write_bundle
 from warmer.cli import cli

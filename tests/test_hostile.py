@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import zstandard
 from click.testing import CliRunner, Result
-from test_bundle import FILES, make_manifest, member, opener, raw_tar
-from test_restore_install import leftovers, tree
+from helpers.bundles import FILES, make_manifest, member, opener, raw_tar
+from helpers.restore import leftovers, tree
 
 from warmer.bundle import MANIFEST_NAME, compressed_writer, tar_member, write_bundle
 from warmer.cli import cli

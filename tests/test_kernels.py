@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from conftest import compile_inductor, compile_triton
+from helpers.kernels import saved
 
 from warmer.errors import UsageError
 from warmer.kernels import (
@@ -275,29 +276,6 @@ def test_a_real_inductor_cache_is_walked_without_noise(
     shutil.copytree(triton_cache, inductor / "triton" / "0")  # where a GPU run puts Triton's
     scan, kernels = listed(index, inductor)
     assert len(kernels) == 6 and scan.problems == ()
-
-
-def saved(cache: Path, tmp_path: Path) -> tuple[str, Path, Path]:
-    """Snapshot `cache` into a store and export it as a bundle: (ref, store root, bundle)."""
-    from warmer.bundle import write_bundle
-    from warmer.store import Store
-    from warmer.store.manifest import FileEntry, Manifest
-
-    with Store(tmp_path / "store") as store:
-        files = []
-        for path in sorted(p for p in cache.rglob("*") if p.is_file()):
-            digest, size = store.put_file(path)
-            files.append(FileEntry(str(path), "triton", digest, size, 0o644))
-        manifest = Manifest(
-            name="kernels",
-            env={"triton": "3.9.0"},
-            env_tag="triton3.9.0",
-            env_digest="blake3:0123456789abcdef",
-            files=tuple(files),
-        )
-        info = store.commit(manifest)
-        bundle = write_bundle(manifest, store.open_object, tmp_path / "kernels.tar.zst")
-    return info.ref, tmp_path / "store", bundle
 
 
 def test_snapshots_and_bundles_list_the_same_kernels(

@@ -13,13 +13,14 @@ import os
 import random
 import subprocess
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
 from conftest import IMAGE, compile_triton, saved_triton
+from helpers.registry import REGISTRY, REGISTRY_DATA, needs_registry, synthetic
 
 from warmer.cli import cli
 from warmer.config import load_settings
@@ -30,32 +31,6 @@ from warmer.registry import LayerFiles, plan_layers
 from warmer.store import Store
 from warmer.store.manifest import FileEntry, Manifest
 
-F = TypeVar("F", bound=Callable[..., Any])
-REGISTRY = os.environ.get("WARMER_TEST_REGISTRY", "")
-REGISTRY_DATA = os.environ.get("WARMER_TEST_REGISTRY_DATA", "")
-
-
-def _registry_answers() -> bool:
-    if not REGISTRY:
-        return False
-    import requests
-
-    try:
-        return requests.get(f"http://{REGISTRY}/v2/", timeout=5).status_code == 200
-    except requests.RequestException:
-        return False
-
-
-_REGISTRY_SKIP = pytest.mark.skipif(
-    not _registry_answers(),
-    reason="no OCI registry (set WARMER_TEST_REGISTRY=host:port or run .ci/registry-up)",
-)
-
-
-def needs_registry(test: F) -> F:
-    """Marked `registry`, and skipped with the reason when no registry answers."""
-    return pytest.mark.registry(_REGISTRY_SKIP(test))  # type: ignore[no-any-return]
-
 
 @pytest.fixture
 def repo() -> str:
@@ -65,17 +40,6 @@ def repo() -> str:
 
 def warmer(*args: str | Path, env: dict[str, str] | None = None) -> Result:
     return CliRunner().invoke(cli, [str(a) for a in args], env=env, catch_exceptions=False)
-
-
-def synthetic(store: Store, name: str, sizes: dict[str, int], seed: object = 0, **env: str) -> str:
-    """A snapshot of random files (path -> size) for this machine's env (or `env` over it)."""
-    key = EnvKey.from_dict({**EnvKey.probe().to_dict(), **env})
-    files = []
-    for path, size in sorted(sizes.items()):
-        data = random.Random(f"{seed}:{path}").randbytes(size)
-        files.append(FileEntry(path, "triton", store.put_bytes(data), size, 0o644))
-    manifest = Manifest(name, key.to_dict(), key.tag, key.digest, tuple(files))
-    return store.commit(manifest).ref
 
 
 # -- without a registry ------------------------------------------------------------------------
@@ -519,8 +483,8 @@ def test_image_form_builds_with_copy_from_and_hides_dropped_files(
 @needs_registry
 def test_run_push_publishes_each_job_to_the_registry(tmp_path: Path) -> None:
     """`warmer run --push` (local runtime: no engine needed) puts the bundle in the tier."""
-    from test_run import warmer as run_warmer
-    from test_run import write_job
+    from helpers.run import warmer as run_warmer
+    from helpers.run import write_job
 
     tier = f"{REGISTRY}/run-{uuid.uuid4().hex[:8]}"
     job = write_job(tmp_path, None)

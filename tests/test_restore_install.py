@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_bundle import make_manifest, manifest_member, member, opener, raw_tar
+from helpers.bundles import make_manifest, manifest_member, member, opener, raw_tar
+from helpers.restore import leftovers, tree
 
 import warmer.restore
 from warmer.bundle import member_name, write_bundle
@@ -20,20 +21,6 @@ FILES = {
     "/cache/C/w.ttir": b"w",
     "/other/graph": b"graph bytes",
 }
-
-
-def tree(root: Path) -> dict[str, bytes]:
-    """Every file under `root` with its bytes (directories show through their files)."""
-    return {
-        str(path.relative_to(root)): path.read_bytes()
-        for path in sorted(root.rglob("*"))
-        if path.is_file()
-    }
-
-
-def leftovers(root: Path) -> list[Path]:
-    """What staging left under `root`: twin directories and temp files."""
-    return [path for path in root.rglob("*") if ".warmer-" in path.name]
 
 
 def partly_there(root: Path) -> None:

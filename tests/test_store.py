@@ -12,41 +12,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers.store import ENV, TAG, ingest_tree, manifest, put_files
 
 from warmer.errors import BundleError, StoreError, UsageError
 from warmer.store import FileEntry, Manifest, Store
 from warmer.store.cas import WHOLE_FILE_LIMIT, ObjectStore, digest_bytes, digest_file
 
-ENV: dict[str, object] = {
-    "torch": "2.13.0+cpu",
-    "cuda": None,
-    "triton": "3.9.0",
-    "python": "3.11.7",
-    "backend": "cpu",
-}
-TAG = "torch2.13.0-cpu-triton3.9.0"
 EMPTY_BLAKE3 = "blake3:af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262"
-
-
-def ingest_tree(store: Store, tree: Path, image_root: str, kind: str) -> list[FileEntry]:
-    """Store every file under `tree` as if it lived at `image_root` in the image."""
-    entries = []
-    for path in sorted(p for p in tree.rglob("*") if p.is_file()):
-        digest, size = store.put_file(path)
-        image_path = f"{image_root}/{path.relative_to(tree).as_posix()}"
-        entries.append(FileEntry(image_path, kind, digest, size, path.stat().st_mode & 0o7777))
-    return entries
-
-
-def put_files(store: Store, files: dict[str, bytes], kind: str = "triton") -> list[FileEntry]:
-    return [
-        FileEntry(path, kind, store.put_bytes(data), len(data), 0o644)
-        for path, data in files.items()
-    ]
-
-
-def manifest(name: str, files: list[FileEntry], tag: str = TAG) -> Manifest:
-    return Manifest(name=name, env=ENV, env_tag=tag, env_digest="blake3:0123", files=tuple(files))
 
 
 def object_files(store: Store) -> list[Path]:

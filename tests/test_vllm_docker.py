@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 from conftest import REPO
-from test_run import warmer
+from helpers.run import warmer
 
 from warmer.bundle import read_manifest
 from warmer.runner import Runner, staged, tar_chunks, verify_result
