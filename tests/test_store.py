@@ -15,7 +15,7 @@ import pytest
 from helpers.store import ENV, TAG, ingest_tree, manifest, put_files
 
 from warmer.errors import BundleError, StoreError, UsageError
-from warmer.store import FileEntry, Manifest, Store
+from warmer.store import FileEntry, Manifest, Store, cas
 from warmer.store.cas import WHOLE_FILE_LIMIT, ObjectStore, digest_bytes, digest_file
 
 EMPTY_BLAKE3 = "blake3:af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262"
@@ -50,6 +50,7 @@ def test_objects_are_sharded_read_only_and_stored_once(tmp_path: Path) -> None:
     source.write_bytes(b"\x7fELF" + bytes(range(256)) * 10)
     digest, size = objects.put_file(source)
     assert (digest, size) == digest_file(source)
+    objects.publish()
     hexdigest = digest.removeprefix("blake3:")
     assert objects.path(digest) == tmp_path / "objects" / hexdigest[:2] / hexdigest[2:]
     assert stat.S_IMODE(objects.path(digest).stat().st_mode) == 0o444
@@ -67,8 +68,33 @@ def test_big_files_stream_through_a_temp_file_and_dedupe(tmp_path: Path) -> None
     first = objects.put_file(big)
     assert first == digest_file(big)
     assert objects.put_file(big) == first
+    objects.publish()
     assert [digest for _, digest in objects.iter_entries()] == [first[0]]
     assert objects.check(first[0])
+
+
+@pytest.mark.parametrize("syncfs", [True, False], ids=["syncfs", "fsync-each"])
+def test_puts_are_staged_until_published_in_one_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, syncfs: bool
+) -> None:
+    """Until publish, an object is a temp file: readable and deduplicated, but under no
+    object name, so a crash before the batch is durable leaves only garbage. Where there is
+    no syncfs, publish fsyncs each file and directory instead."""
+    if not syncfs:
+        monkeypatch.setattr(cas, "_syncfs", None)
+    objects = ObjectStore(tmp_path / "objects")
+    small = objects.put_bytes(b"small")
+    streamed, _ = objects.put_stream(io.BytesIO(b"streamed" * 1000))
+    assert objects.put_bytes(b"small") == small and objects.has(small)
+    assert [digest for _, digest in objects.iter_entries()] == [None, None]
+    with objects.open(streamed) as handle:
+        assert handle.read() == b"streamed" * 1000
+    objects.publish()
+    assert sorted(digest for _, digest in objects.iter_entries()) == sorted([small, streamed])
+    assert objects.check(small) and objects.check(streamed)
+    objects.put_bytes(b"given up")
+    objects.discard()
+    assert len(list(objects.iter_entries())) == 2
 
 
 def test_a_short_stream_is_refused_and_leaves_nothing(tmp_path: Path) -> None:

@@ -33,7 +33,10 @@ from warmer.store.manifest import FileEntry, Manifest
 #: progress(files_done, bytes_done)
 Progress = Callable[[int, int], None]
 
-_PARALLEL_PUTS = 8
+#: One put thread per core (at most 8): puts are short and release the GIL at every system
+#: call, so more threads than cores spend their time handing the GIL over (on 2 cores, 8
+#: threads ingested 1.25x slower than 2).
+_PARALLEL_PUTS = min(8, os.cpu_count() or 2)
 
 
 @dataclass

@@ -1,9 +1,10 @@
 """The content-addressed store: blake3 objects, manifests as objects, refs in a sqlite index.
 
-Layout: `<root>/store-v1/{CACHEDIR.TAG, lock, objects/ab/<62 hex>, index.sqlite}`. A commit
-writes objects, then the manifest object, then the ref row in one transaction, so a process
-killed at any point leaves only unreferenced objects or temp files: garbage for `gc`, never
-damage for `verify`.
+Layout: `<root>/store-v1/{CACHEDIR.TAG, lock, objects/ab/<62 hex>, index.sqlite}`. Puts stage
+their objects as temp files; a commit stages the manifest object, publishes everything staged
+in one batch (synced, renamed, directories synced) and only then writes the ref row in one
+transaction, so a process or machine killed at any point leaves only unreferenced objects or
+temp files: garbage for `gc`, never damage for `verify`.
 
 A `Store` takes the shared lock on first use and keeps it until `close()` (or the end of a
 `with` block, or the process): objects written but not yet committed are then safe from a
@@ -73,7 +74,11 @@ class Store:
         self.close()
 
     def close(self) -> None:
-        """Release the index and the lock; the next use takes them again."""
+        """Drop what was put and never committed, release the index and the lock.
+
+        The next use takes them again.
+        """
+        self.objects.discard()
         with self._opening:
             if self._index is not None:
                 self._index.close()
@@ -115,6 +120,7 @@ class Store:
             )
         data = manifest.to_bytes()
         self.objects.put_bytes(data)
+        self.objects.publish()
         return index.put(manifest, len(data), time.time())
 
     def resolve(self, ref: str, *, touch: bool = True) -> tuple[SnapshotInfo, Manifest]:
@@ -168,6 +174,7 @@ class Store:
         """Remove what no ref reaches and what killed writers left; needs the store alone."""
         index = self._use()
         with self._lock.exclusive():
+            self.objects.publish()  # uncommitted puts are unreferenced objects, as on disk
             return sweep(self.objects, index.live_objects(), dry_run=dry_run)
 
     def plan_prune(self, *, max_size: int | None, older_than: float | None) -> PrunePlan:
@@ -186,6 +193,7 @@ class Store:
         """Refs first, content last, all under the exclusive lock; returns the bytes freed."""
         index = self._use()
         with self._lock.exclusive():
+            self.objects.publish()
             index.remove((info.ref, info.snapshot) for info in refs)
             return sweep(self.objects, index.live_objects(), dry_run=False).bytes_freed
 
