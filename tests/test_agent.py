@@ -6,19 +6,18 @@ import importlib.metadata
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 from helpers.agent import run_agent
+from helpers.interpreter import python
 
 from warmer.agent.probe import gfx_name, parse_torch_version_file, probe, select_visible
 from warmer.agent.report import PROTOCOL_VERSION, parse_line
 from warmer.caches import CACHE_VARIABLES
 
-REPO = Path(__file__).resolve().parent.parent
 TINY_TORCH_JOB: dict[str, Any] = {
     "name": "tiny",
     "backend": "cpu",
@@ -30,18 +29,6 @@ TINY_TORCH_JOB: dict[str, Any] = {
     "warmup": {"inputs": [{"shape": [1, 8, 32]}, {"shape": [2, 16, 32]}], "repeat": 2},
 }
 THIRD_PARTY = ("torch", "triton", "vllm", "click", "pydantic", "yaml", "rich", "blake3", "docker")
-
-
-def python(code: str, env: dict[str, str] | None = None) -> str:
-    """Run `code` in a fresh interpreter that imports warmer from this checkout; its stdout."""
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        check=True,
-        env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
-    )
-    return done.stdout
 
 
 def cache_env(tmp_path: Path) -> dict[str, str]:
