@@ -18,7 +18,11 @@ __all__ = ["__version__", "restore", "save"]
 
 
 def restore(path: str, *, root: str = "/", force: bool = False) -> RestoreReport:
-    """Install a bundle's caches into this machine's cache roots (see `warmer.restore`)."""
+    """Install a bundle's caches into this machine's cache roots (see `warmer.restore`).
+
+    `path` is a bundle file, or a store ref or registry reference (`warmer.sources`): a ref
+    the local store lacks is pulled from the configured cold tier.
+    """
     from warmer.restore import restore as _restore
 
     return _restore(path, root=root, force=force)

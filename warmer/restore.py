@@ -31,6 +31,7 @@ from warmer.bundle import VerifiedReader, open_bundle
 from warmer.caches import is_triton_group, relocate, rewrite_group
 from warmer.envkey import EnvKey, compare
 from warmer.errors import BundleError, EnvMismatch, UsageError, WarmerError
+from warmer.sources import in_store, is_bundle
 from warmer.store.cas import digest_file
 from warmer.store.manifest import FileEntry, Manifest
 
@@ -101,9 +102,11 @@ def restore(
     check_env: bool = True,
     progress: RestoreProgress | None = None,
 ) -> RestoreReport:
-    """Install the bundle at `source` under `root` (see the module docstring); with `store`,
-    the snapshot `source` of that store (pulled from a registry, say), re-hashing every
-    object on the way so that a damaged store installs nothing.
+    """Install what `source` names under `root` (see the module docstring): a bundle file,
+    or a snapshot of `store` (default: the configured store) that a store ref or a registry
+    reference names, pulled from the registry or the cold tier when the store lacks it
+    (`warmer.sources`). A snapshot's objects are re-hashed on the way, so that a damaged
+    store installs nothing.
 
     Raises EnvMismatch (exit 4) when the bundle was made for another environment and `force`
     is false, BundleError (exit 2) for a corrupt or hostile bundle.
@@ -127,11 +130,17 @@ def _opened(
     source: str | Path, store: Store | None
 ) -> Iterator[tuple[str, Manifest, Iterator[tuple[FileEntry, VerifiedReader]]]]:
     """(label, manifest, verified file stream) of a bundle file or a store snapshot."""
-    if store is None:
+    if store is None and is_bundle(source):
         with open_bundle(Path(source)) as bundle:
             yield str(source), bundle.manifest, bundle.files()
         return
-    _info, manifest = store.resolve(str(source))
+    if store is None:
+        from warmer.store import Store
+
+        with Store() as opened, _opened(source, opened) as found:
+            yield found
+        return
+    _info, manifest = in_store(store, str(source))
     label = f"{store.root}:{manifest.ref}"
 
     def files() -> Iterator[tuple[FileEntry, VerifiedReader]]:

@@ -8,7 +8,7 @@ import click
 
 from warmer.cli.options import json_option, store_option
 from warmer.cli.output import console, emit_json, progress_bar
-from warmer.cli.registry import insecure_option, local_or_tier, pull_source
+from warmer.cli.registry import insecure_option, say
 from warmer.units import format_size
 
 FORMAT_CHOICE = click.Choice(["zst", "gz"])
@@ -147,8 +147,8 @@ def restore(
     it is not in the store).
     """
     from warmer.errors import UsageError
-    from warmer.oci import Reference
     from warmer.restore import restore as restore_bundle
+    from warmer.sources import in_store, is_bundle
     from warmer.store import Store
 
     mapping: dict[str, str] = {}
@@ -158,19 +158,18 @@ def restore(
             raise UsageError(f"--map {item!r}: expected /OLD/PREFIX=/NEW/PREFIX")
         mapping[old] = new
     options = {"root": root, "force": force, "dry_run": dry_run, "mapping": mapping}
-    if Path(source).is_file() or source.endswith((".tar.zst", ".tar.gz", ".tar")):
+    if is_bundle(source):
         if auto:
             raise UsageError("--auto picks a tag of a registry repository, not a bundle file")
         with progress_bar("restoring") as update:
             report = restore_bundle(source, progress=update, **options)  # type: ignore[arg-type]
     else:
         with Store(store) as opened:
-            if Reference.looks_like(source):
-                ref = pull_source(opened, source, auto, insecure).ref
-            else:
-                ref = local_or_tier(opened, source, insecure)[0].ref
+            info = in_store(
+                opened, source, auto=auto, insecure=insecure, progress=say, note=console.print
+            )[0]
             with progress_bar("restoring") as update:
-                report = restore_bundle(ref, store=opened, progress=update, **options)  # type: ignore[arg-type]
+                report = restore_bundle(info.ref, store=opened, progress=update, **options)  # type: ignore[arg-type]
     if as_json:
         emit_json(report.to_dict())
         return

@@ -4,18 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import click
 
 from warmer.cli.options import json_option, store_option
 from warmer.cli.output import console, emit_json
 from warmer.units import format_size
-
-if TYPE_CHECKING:
-    from warmer.registry import PullReport
-    from warmer.store import SnapshotInfo, Store
-    from warmer.store.manifest import Manifest
 
 F = TypeVar("F", bound=Callable[..., object])
 
@@ -30,43 +25,9 @@ def insecure_option(function: F) -> F:
     )(function)
 
 
-def _insecure(flag: bool | None) -> bool:
-    from warmer.config import settings
-
-    return bool(flag) if flag is not None else settings().insecure
-
-
-def _say(step: str, detail: str) -> None:
+def say(step: str, detail: str) -> None:
+    """Progress of a registry transfer, one line per step."""
     console.print(f"{step}: {detail}")
-
-
-def local_or_tier(
-    store: Store, ref: str, insecure: bool | None, *, touch: bool = True
-) -> tuple[SnapshotInfo, Manifest]:
-    """`store.resolve(ref)`; a ref missing locally is pulled from the configured cold tier."""
-    from warmer.config import settings
-    from warmer.errors import NotFound
-    from warmer.registry import pull_ref
-
-    try:
-        return store.resolve(ref, touch=touch)
-    except NotFound:
-        registry = settings().registry
-        if not registry:
-            raise
-    console.print(f"{ref} is not in the local store: pulling it from {registry}")
-    report = pull_ref(store, ref, registry, insecure=_insecure(insecure), progress=_say)
-    return store.resolve(report.ref, touch=touch)
-
-
-def pull_source(store: Store, source: str, auto: bool, insecure: bool | None) -> PullReport:
-    """Pull REGISTRY/REPO[:TAG] (or pick the tag with --auto) into the store."""
-    from warmer.oci import Reference
-    from warmer.registry import pull as pull_bundle
-
-    return pull_bundle(
-        store, Reference.parse(source), auto=auto, insecure=_insecure(insecure), progress=_say
-    )
 
 
 @click.command()
@@ -91,7 +52,8 @@ def push(
     store: Path | None,
     as_json: bool,
 ) -> None:
-    """Push SOURCE (a bundle file or a store ref) to TARGET, REGISTRY/REPO[:TAG].
+    """Push SOURCE (a bundle file, a registry reference or a store ref) to TARGET,
+    REGISTRY/REPO[:TAG].
 
     The tag defaults to the env tag. Without TARGET, the configured registry is used
     (REGISTRY/PREFIX/<job name>:<env tag>, see configs/warmer.yaml).
@@ -102,15 +64,15 @@ def push(
     from warmer.oci import Reference
     from warmer.registry import push as push_bundle
     from warmer.registry import tier_reference
+    from warmer.sources import allow_insecure, in_store, is_bundle
     from warmer.store import Store
 
     explicit = Reference.parse(target) if target else None  # checked before any work
     with Store(store) as opened:
-        path = Path(source)
-        if path.is_file():
-            info = import_bundle(opened, path)
+        if is_bundle(source):
+            info = import_bundle(opened, Path(source))
         else:
-            info = local_or_tier(opened, source, insecure)[0]
+            info = in_store(opened, source, insecure=insecure, progress=say, note=console.print)[0]
         if explicit is not None:
             reference = explicit
         else:
@@ -125,9 +87,9 @@ def push(
             info.ref,
             reference,
             form="image" if as_image else "artifact",
-            insecure=_insecure(insecure),
+            insecure=allow_insecure(insecure),
             base=base,
-            progress=None if as_json else _say,
+            progress=None if as_json else say,
         )
     if as_json:
         emit_json(report.to_dict())
@@ -148,10 +110,11 @@ def push(
 @json_option
 def pull(source: str, auto: bool, insecure: bool | None, store: Path | None, as_json: bool) -> None:
     """Pull SOURCE, REGISTRY/REPO[:TAG], into the local store (every digest checked)."""
+    from warmer.sources import pull as pull_source
     from warmer.store import Store
 
     with Store(store) as opened:
-        report = pull_source(opened, source, auto, insecure)
+        report = pull_source(opened, source, auto=auto, insecure=insecure, progress=say)
     if as_json:
         emit_json(report.to_dict())
         return
