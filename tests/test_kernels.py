@@ -331,12 +331,12 @@ def hits_of(events: list[dict[str, object]]) -> dict[tuple[object, object], obje
 def test_ir_prune_keeps_every_kernel_loadable(index: KernelIndex, triton_cache: Path) -> None:
     _, kernels = listed(index, triton_cache)
     plan = plan_prune(triton_cache, kernels, "ir")
-    assert len(plan.actions) == 6 and plan.file_count == 24
-    assert plan.expected_freed_size == sum(
+    assert len(plan.items) == 6 and plan.file_count == 24
+    assert plan.expected_freed == sum(
         f.size for k in kernels for f in k.files if f.kind in {"source", "ttir", "ttgir", "llir"}
     )
     result = plan.execute()
-    assert result.errors == () and result.freed == plan.expected_freed_size
+    assert result.errors == () and result.freed == plan.expected_freed
     for directory in entry_dirs(triton_cache).values():
         suffixes = {p.suffix for p in directory.iterdir()}
         assert suffixes in ({".json", ".ptx", ".cubin"}, {".json", ".amdgcn", ".hsaco"})

@@ -429,7 +429,7 @@ def test_prune_older_than_drops_idle_refs_but_never_pinned(store: Store) -> None
     refs = aged_store(store)
     store.pin("old")
     plan = store.plan_prune(max_size=None, older_than=15 * 86400)
-    assert [info.ref for info in plan.refs] == [refs["mid"]]
+    assert [info.ref for info in plan.items] == [refs["mid"]]
     freed = plan.execute()
     assert freed == plan.expected_freed > 300
     assert sorted(info.name for info in store.list()) == ["new", "old"]
@@ -440,12 +440,12 @@ def test_prune_max_size_drops_least_recently_used_until_it_fits(store: Store) ->
     refs = aged_store(store)
     total = store.stored_size()
     plan = store.plan_prune(max_size=total - 1, older_than=None)
-    assert [info.ref for info in plan.refs] == [refs["old"]]
+    assert [info.ref for info in plan.items] == [refs["old"]]
     # The shared object stays: only the old ref's own file and its manifest are freed.
-    old_manifest = store.objects.path(plan.refs[0].snapshot).stat().st_size
+    old_manifest = store.objects.path(plan.items[0].snapshot).stat().st_size
     assert plan.expected_freed == 300 + old_manifest
     plan = store.plan_prune(max_size=0, older_than=None)
-    assert [info.ref for info in plan.refs] == [refs["old"], refs["mid"], refs["new"]]
+    assert [info.ref for info in plan.items] == [refs["old"], refs["mid"], refs["new"]]
     assert plan.expected_freed == total
     assert store.list() != []  # planning changes nothing
     assert plan.execute() == total

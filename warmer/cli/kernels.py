@@ -18,7 +18,7 @@ from warmer.kernels import (
     Kernel,
     KernelFilter,
     KernelIndex,
-    PrunePlan,
+    KernelPrunePlan,
     Source,
     default_cache_dir,
     plan_prune,
@@ -247,9 +247,9 @@ def prune(
     summary = scan.summary()
     if summary:
         console.print(f"warning: {summary}", soft_wrap=True)
-    if not as_json and plan.actions:
+    if not as_json and plan.items:
         _plan_table(plan)
-    if not plan.actions or dry_run:
+    if not plan.items or dry_run:
         result = None
     elif yes or click.confirm(f"About to delete {plan.describe()}. Proceed?", err=True):
         result = plan.execute()
@@ -261,14 +261,14 @@ def prune(
             {
                 "mode": plan.mode,
                 "dry_run": dry_run,
-                "kernels": [action.to_json() for action in plan.actions],
+                "kernels": [action.to_json() for action in plan.items],
                 "files": plan.file_count,
-                "expected_freed": plan.expected_freed_size,
+                "expected_freed": plan.expected_freed,
                 "freed": result.freed if result else 0,
                 "errors": list(result.errors) if result else [],
             }
         )
-    elif not plan.actions:
+    elif not plan.items:
         console.print("Nothing to prune.")
     elif result is None:
         console.print(f"Would delete {plan.describe()}.")
@@ -283,7 +283,7 @@ def prune(
         raise WarmerError(f"{len(result.errors)} kernel(s) could not be pruned")
 
 
-def _plan_table(plan: PrunePlan) -> None:
+def _plan_table(plan: KernelPrunePlan) -> None:
     rows = [
         (
             action.kernel.short_id,
@@ -294,7 +294,7 @@ def _plan_table(plan: PrunePlan) -> None:
             action.reason,
             format_size(action.freed),
         )
-        for action in plan.actions
+        for action in plan.items
     ]
     table(
         ["ID", "NAME", "BACKEND", "ARCH", "REMOVES", "WHY", "SIZE"],

@@ -242,16 +242,16 @@ def prune(
     with _open_store(store) as opened:
         plan = opened.plan_prune(max_size=budget, older_than=age)
         size = format_size(plan.expected_freed)
-        if not as_json and plan.refs:
+        if not as_json and plan.items:
             table(
                 ["REF", "ID", "SIZE", "LAST USED"],
-                [(i.ref, i.short_id, format_size(i.size), ago(i.last_access)) for i in plan.refs],
+                [(i.ref, i.short_id, format_size(i.size), ago(i.last_access)) for i in plan.items],
                 right=["SIZE"],
             )
-        if not plan.refs or dry_run:
+        if not plan.items or dry_run:
             freed = 0
         elif yes or click.confirm(
-            f"About to delete {len(plan.refs)} snapshots, {size}. Proceed?", err=True
+            f"About to delete {len(plan.items)} snapshots, {size}. Proceed?", err=True
         ):
             freed = plan.execute()
         else:
@@ -260,18 +260,18 @@ def prune(
     if as_json:
         emit_json(
             {
-                "refs": [_snapshot_json(info) for info in plan.refs],
+                "refs": [_snapshot_json(info) for info in plan.items],
                 "expected_freed": plan.expected_freed,
                 "freed": freed,
                 "dry_run": dry_run,
             }
         )
-    elif not plan.refs:
+    elif not plan.items:
         console.print("Nothing to prune.")
     elif dry_run:
-        console.print(f"Would delete {len(plan.refs)} snapshot(s), {size}.")
+        console.print(f"Would delete {len(plan.items)} snapshot(s), {size}.")
     else:
-        console.print(f"Deleted {len(plan.refs)} snapshot(s), freed {format_size(freed)}.")
+        console.print(f"Deleted {len(plan.items)} snapshot(s), freed {format_size(freed)}.")
 
 
 def _prune_limits(max_size: str | None, older_than: str | None) -> tuple[int | None, float | None]:

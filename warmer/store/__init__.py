@@ -13,7 +13,6 @@ A `Store` takes the shared lock on first use and keeps it until `close()` (or th
 
 from __future__ import annotations
 
-import builtins
 import dataclasses
 import re
 import threading
@@ -177,7 +176,9 @@ class Store:
             self.objects.publish()  # uncommitted puts are unreferenced objects, as on disk
             return sweep(self.objects, index.live_objects(), dry_run=dry_run)
 
-    def plan_prune(self, *, max_size: int | None, older_than: float | None) -> PrunePlan:
+    def plan_prune(
+        self, *, max_size: int | None, older_than: float | None
+    ) -> PrunePlan[SnapshotInfo, int]:
         """Plan an LRU prune (pinned refs are kept); see `warmer.store.gc.plan_prune`."""
         if max_size is None and older_than is None:
             raise UsageError("prune needs a size budget or an age (max_size or older_than)")
@@ -189,7 +190,7 @@ class Store:
             self._use(), max_size=max_size, older_than=older_than, execute=self._prune
         )
 
-    def _prune(self, refs: builtins.list[SnapshotInfo]) -> int:
+    def _prune(self, refs: tuple[SnapshotInfo, ...]) -> int:
         """Refs first, content last, all under the exclusive lock; returns the bytes freed."""
         index = self._use()
         with self._lock.exclusive():

@@ -11,11 +11,15 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 from warmer.errors import BundleError, StoreError
 from warmer.store.cas import ObjectStore
 from warmer.store.index import Index, SnapshotInfo
 from warmer.store.manifest import Manifest
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
 
 
 @dataclass(frozen=True)
@@ -42,16 +46,17 @@ class GcResult:
 
 
 @dataclass(frozen=True)
-class PrunePlan:
-    """Refs to drop, least recently used first; nothing changes until `execute()`."""
+class PrunePlan(Generic[Item, Result]):
+    """Deletions planned, then shown (`--dry-run`), confirmed and executed: `warmer prune`
+    (refs, least recently used first) and `warmer kernels prune` (kernel entries) both build
+    one. Nothing changes until `execute()`, which deletes references before content."""
 
-    refs: list[SnapshotInfo]
+    items: tuple[Item, ...]
     expected_freed: int
-    _execute: Callable[[list[SnapshotInfo]], int] = field(repr=False, compare=False)
+    _execute: Callable[[tuple[Item, ...]], Result] = field(repr=False, compare=False)
 
-    def execute(self) -> int:
-        """Delete the refs, then the content only they reached; returns the bytes freed."""
-        return self._execute(self.refs)
+    def execute(self) -> Result:
+        return self._execute(self.items)
 
 
 def verify(objects: ObjectStore, index: Index) -> VerifyReport:
@@ -125,8 +130,8 @@ def plan_prune(
     *,
     max_size: int | None,
     older_than: float | None,
-    execute: Callable[[list[SnapshotInfo]], int],
-) -> PrunePlan:
+    execute: Callable[[tuple[SnapshotInfo, ...]], int],
+) -> PrunePlan[SnapshotInfo, int]:
     """Pick refs to drop: unpinned ones idle longer than `older_than` seconds, then the least
     recently used until the distinct bytes the kept refs reach fit in `max_size`."""
     refs = sorted(index.all(), key=lambda info: (info.last_access, info.ref))
@@ -160,4 +165,4 @@ def plan_prune(
                 break
             if info.ref not in dropped:
                 drop(info)
-    return PrunePlan(refs=list(dropped.values()), expected_freed=freed, _execute=execute)
+    return PrunePlan(items=tuple(dropped.values()), expected_freed=freed, _execute=execute)
