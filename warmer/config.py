@@ -1,50 +1,135 @@
-"""Settings a user changes through a config file or the environment (see configs/).
+"""Settings: one model owns every setting warmer reads from a config file or the environment.
 
 The file is YAML: `$WARMER_CONFIG`, else `$XDG_CONFIG_HOME/warmer/config.yaml` (default
 `~/.config/warmer/config.yaml`), else none. Environment variables win over the file; command
-options win over both. configs/warmer.yaml and configs/warmer.env are annotated examples.
+options win over both. configs/warmer.yaml and configs/warmer.env list every setting, and a
+test holds them to this model. A command reads the settings once, through the `ctx.obj` of
+the `warmer` group; library code shares that same load through `settings()`, which reads
+again only when the environment or the file changed.
+
+Two readers stay outside on purpose, because they run where warmer's dependencies may not
+be: the agent (stdlib only, inside the image) and `warmer.tracking` (inside Triton's own
+processes, which reads $WARMER_STATE_DIR through `warmer.kernels.formats.state_dir`).
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic.dataclasses import dataclass
 
 from warmer.errors import UsageError
 
 CONFIG_ENV = "WARMER_CONFIG"
-#: Store location: $WARMER_STORE, else the config's store.path, else $XDG_CACHE_HOME/warmer.
-STORE_ENV = "WARMER_STORE"
 BACKENDS = ("cuda", "rocm", "cpu")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=ConfigDict(extra="forbid", populate_by_name=True))
 class HostConfig:
     """A Docker engine that `warmer run --hosts` may send jobs to."""
 
-    name: str
-    url: str
-    #: the backends of the jobs it takes; empty means any
-    backends: tuple[str, ...] = ()
+    name: str = Field(min_length=1)
+    url: str = Field(min_length=1)
+    #: the backends of the jobs it takes (`backend:` in the file, one or a list); empty: any
+    backends: tuple[str, ...] = Field(default=(), alias="backend")
     #: jobs it runs at once
-    slots: int = 1
+    slots: int = Field(default=1, ge=1, strict=True)
+
+    @field_validator("backends", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: object) -> object:
+        return (value,) if isinstance(value, str) else value
+
+    @field_validator("backends")
+    @classmethod
+    def _known_backends(cls, backends: tuple[str, ...]) -> tuple[str, ...]:
+        for backend in backends:
+            if backend not in BACKENDS:
+                raise ValueError(f"{backend!r} is not one of {', '.join(BACKENDS)}")
+        return backends
 
 
-@dataclass(frozen=True)
-class Settings:
-    """The merged settings: file, then environment."""
+def _setting(default: Any, env: str, file: str | None = None) -> Any:
+    """A field with the environment variable (and the config file key) that sets it."""
+    return Field(default, json_schema_extra={"env": env, "file": file})
 
-    store: Path | None = None
-    max_size: str | None = None
-    #: the cold tier: "REGISTRY/REPO" that a missing ref is pulled from
-    registry: str | None = None
-    #: allow plain HTTP to a registry that is not on loopback
-    insecure: bool = False
-    hosts: tuple[HostConfig, ...] = field(default_factory=tuple)
-    source: Path | None = None
+
+class Settings(BaseModel):
+    """Every setting, merged: the config file, then the environment over it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
+
+    #: the config file in effect
+    config: Path | None = _setting(None, CONFIG_ENV)
+    #: the local store, the hot tier
+    store: Path | None = _setting(None, "WARMER_STORE", "store.path")
+    #: its byte budget for `warmer prune` without --max-size
+    max_size: str | None = _setting(None, "WARMER_MAX_SIZE", "store.max_size")
+    #: the compression of bundles `run`, `save` and `export` write unless told
+    bundle_format: Literal["zst", "gz"] = _setting("zst", "WARMER_BUNDLE_FORMAT", "bundle.format")
+    #: the cold tier, REGISTRY/REPO: missing refs are pulled from it, `run --push` pushes to it
+    registry: str | None = _setting(None, "WARMER_REGISTRY", "registry.url")
+    #: plain HTTP to a registry that is not on loopback
+    insecure: bool = _setting(False, "WARMER_REGISTRY_INSECURE", "registry.insecure")
+    #: registry credentials (else Docker's own config); never in the file or in arguments
+    registry_username: str | None = _setting(None, "WARMER_REGISTRY_USERNAME")
+    registry_password: SecretStr | None = _setting(None, "WARMER_REGISTRY_PASSWORD")
+    #: warmer's own state (kernel index, hit logs); default ~/.cache/warmer
+    state_dir: Path | None = _setting(None, "WARMER_STATE_DIR")
+    #: the Podman service socket for `--runtime podman`
+    podman_socket: str | None = _setting(None, "WARMER_PODMAN_SOCKET")
+    #: the default of `warmer run --hosts`
+    run_hosts: str | None = _setting(None, "WARMER_HOSTS")
+    #: Docker engines for `warmer run --hosts` (file only)
+    hosts: tuple[HostConfig, ...] = Field(default=(), json_schema_extra={"file": "hosts"})
+
+    @field_validator("config", "store", "state_dir")
+    @classmethod
+    def _expand_user(cls, value: Path | None) -> Path | None:
+        return value.expanduser() if value is not None else None
+
+    @field_validator("hosts")
+    @classmethod
+    def _unique_names(cls, hosts: tuple[HostConfig, ...]) -> tuple[HostConfig, ...]:
+        names = [host.name for host in hosts]
+        if len(set(names)) != len(names):
+            raise ValueError("names must be unique")
+        return hosts
+
+    @classmethod
+    def env_names(cls) -> dict[str, str]:
+        """Environment variable -> field."""
+        return {
+            _extra(info, "env"): name
+            for name, info in cls.model_fields.items()
+            if _extra(info, "env")
+        }
+
+    @classmethod
+    def file_keys(cls) -> dict[str, str]:
+        """Config file key (`section.key`, or `hosts`) -> field."""
+        return {
+            _extra(info, "file"): name
+            for name, info in cls.model_fields.items()
+            if _extra(info, "file")
+        }
+
+
+def _extra(info: Any, key: str) -> Any:
+    extra = info.json_schema_extra
+    return extra.get(key) if isinstance(extra, dict) else None
+
+
+#: The config file's sections and their keys (`hosts` is a list: no keys of its own here).
+_SECTIONS: dict[str, tuple[str, ...]] = {}
+for _key in Settings.file_keys():
+    _section, _, _name = _key.partition(".")
+    _SECTIONS[_section] = (*_SECTIONS.get(_section, ()), *((_name,) if _name else ()))
 
 
 def config_path(environ: Mapping[str, str] = os.environ) -> Path | None:
@@ -63,65 +148,43 @@ def config_path(environ: Mapping[str, str] = os.environ) -> Path | None:
 def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
     """Read the config file (if any) and apply the environment over it."""
     path = config_path(environ)
-    data: dict[str, Any] = {}
-    if path is not None:
-        import yaml
-
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise UsageError(f"{path}: cannot read the config: {exc}") from exc
-        if not isinstance(loaded, dict):
-            raise UsageError(f"{path}: the config must be a mapping")
-        data = loaded
     where = str(path) if path else "config"
-    _known(data, ("version", "store", "registry", "hosts"), where, "")
-    store = _section(data, "store", ("path", "max_size"), where)
-    registry = _section(data, "registry", ("url", "insecure"), where)
-    hosts = tuple(
-        _host(item, f"hosts[{i}]", where) for i, item in enumerate(data.get("hosts") or [])
-    )
-    names = [host.name for host in hosts]
-    if len(set(names)) != len(names):
-        raise UsageError(f"{where}: hosts: names must be unique")
-    store_path = environ.get(STORE_ENV) or store.get("path")
-    insecure_env = environ.get("WARMER_REGISTRY_INSECURE")
-    return Settings(
-        store=Path(str(store_path)).expanduser() if store_path else None,
-        max_size=environ.get("WARMER_MAX_SIZE") or _optional_str(store, "max_size", where),
-        registry=environ.get("WARMER_REGISTRY") or _optional_str(registry, "url", where),
-        insecure=_truthy(insecure_env) if insecure_env else bool(registry.get("insecure", False)),
-        hosts=hosts,
-        source=path,
-    )
+    data = _read_file(path) if path is not None else {}
+    values: dict[str, Any] = {}
+    source: dict[str, str] = {}  # field -> what set it, for error messages
+    _known(data, ("version", *_SECTIONS), where, "")
+    for key, field in Settings.file_keys().items():
+        section, _, name = key.partition(".")
+        if not name:
+            if data.get(section) is not None:
+                values[field], source[field] = data[section], f"{where}: {key}"
+            continue
+        table = data.get(section) or {}
+        if not isinstance(table, dict):
+            raise UsageError(f"{where}: {section}: must be a mapping")
+        _known(table, _SECTIONS[section], where, f"{section}.")
+        if table.get(name) is not None:
+            values[field], source[field] = table[name], f"{where}: {key}"
+    for env, field in Settings.env_names().items():
+        if environ.get(env):
+            values[field], source[field] = environ[env], env
+    values["config"] = path
+    try:
+        return Settings.model_validate(values)
+    except ValidationError as exc:
+        raise UsageError(_explain(exc, source)) from None
 
 
-def settings() -> Settings:
-    """The settings in effect now (read each time: tests and callers change the environment)."""
-    return load_settings()
+def _read_file(path: Path) -> dict[str, Any]:
+    import yaml
 
-
-def default_store_root() -> Path:
-    """Where the content-addressed store lives unless `--store` says otherwise."""
-    configured = settings().store
-    if configured is not None:
-        return configured
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg) if xdg else Path.home() / ".cache"
-    return base / "warmer"
-
-
-def default_compression() -> str:
-    """Bundle compression: `zst` (default) or `gz` (what Docker's ADD unpacks)."""
-    value = os.environ.get("WARMER_BUNDLE_FORMAT", "zst")
-    if value not in ("zst", "gz"):
-        raise ValueError(f"WARMER_BUNDLE_FORMAT must be zst or gz, not {value!r}")
-    return value
-
-
-def default_max_store_size() -> str | None:
-    """The hot tier's byte budget for `warmer prune` without --max-size."""
-    return settings().max_size
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise UsageError(f"{path}: cannot read the config: {exc}") from exc
+    if not isinstance(loaded, dict):
+        raise UsageError(f"{path}: the config must be a mapping")
+    return loaded
 
 
 def _known(data: Mapping[str, Any], keys: tuple[str, ...], where: str, prefix: str) -> None:
@@ -130,45 +193,42 @@ def _known(data: Mapping[str, Any], keys: tuple[str, ...], where: str, prefix: s
         raise UsageError(f"{where}: {prefix}{unknown[0]}: unknown key (known: {', '.join(keys)})")
 
 
-def _section(
-    data: Mapping[str, Any], name: str, keys: tuple[str, ...], where: str
-) -> dict[str, Any]:
-    value = data.get(name) or {}
-    if not isinstance(value, dict):
-        raise UsageError(f"{where}: {name}: must be a mapping")
-    _known(value, keys, where, f"{name}.")
-    return value
+def _explain(exc: ValidationError, source: Mapping[str, str]) -> str:
+    """The first problem, named the way the user wrote it: `WARMER_X` or `file: section.key`
+    (`file: hosts[0].slots` for a host)."""
+    error = exc.errors()[0]
+    field, *rest = error["loc"]
+    where = source.get(str(field), str(field))
+    for part in rest:
+        where += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return f"{where}: {error['msg']}"
 
 
-def _optional_str(section: Mapping[str, Any], key: str, where: str) -> str | None:
-    value = section.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, (str, int)):
-        raise UsageError(f"{where}: {key}: must be a string")
-    return str(value)
+_last: tuple[tuple[object, ...], Settings] | None = None
+_last_lock = threading.Lock()
 
 
-def _host(item: Any, field_path: str, where: str) -> HostConfig:
-    if not isinstance(item, dict):
-        raise UsageError(f"{where}: {field_path}: must be a mapping with name and url")
-    _known(item, ("name", "url", "backend", "slots"), where, f"{field_path}.")
-    for key in ("name", "url"):
-        if not isinstance(item.get(key), str) or not item[key]:
-            raise UsageError(f"{where}: {field_path}.{key}: required string")
-    backends = item.get("backend") or []
-    backends = [backends] if isinstance(backends, str) else backends
-    for i, backend in enumerate(backends):
-        if backend not in BACKENDS:
-            raise UsageError(
-                f"{where}: {field_path}.backend[{i}]: {backend!r} is not one of "
-                + ", ".join(BACKENDS)
-            )
-    slots = item.get("slots", 1)
-    if not isinstance(slots, int) or isinstance(slots, bool) or slots < 1:
-        raise UsageError(f"{where}: {field_path}.slots: must be a whole number >= 1")
-    return HostConfig(item["name"], item["url"], tuple(backends), slots)
+def settings(environ: Mapping[str, str] = os.environ) -> Settings:
+    """The settings in effect: loaded once, and again only when what they come from changed
+    (a variable of the model, the config file's location or its modification time)."""
+    path = config_path(environ)
+    key = (
+        tuple(environ.get(name) for name in (*Settings.env_names(), "XDG_CONFIG_HOME")),
+        path,
+        path.stat().st_mtime_ns if path is not None else None,
+    )
+    global _last
+    with _last_lock:
+        if _last is None or _last[0] != key:
+            _last = (key, load_settings(environ))
+        return _last[1]
 
 
-def _truthy(value: str) -> bool:
-    return value.strip().lower() in ("1", "true", "yes", "on")
+def default_store_root(environ: Mapping[str, str] = os.environ) -> Path:
+    """Where the content-addressed store lives unless `--store` says otherwise."""
+    configured = settings(environ).store
+    if configured is not None:
+        return configured
+    xdg = environ.get("XDG_CACHE_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".cache"
+    return base / "warmer"

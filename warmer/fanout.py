@@ -147,7 +147,7 @@ def _url_host(item: str, taken: set[str]) -> HostConfig:
     while name in taken:
         n += 1
         name = f"{base}-{n}"
-    return HostConfig(name=name, url=url, backends=backends)
+    return HostConfig(name, url, backends)
 
 
 def assign(jobs: Sequence[Job], hosts: Sequence[HostConfig]) -> dict[str, list[Job]]:

@@ -119,12 +119,11 @@ def credentials(registry: str, environ: Mapping[str, str] = os.environ) -> tuple
     from docker import auth
     from docker.errors import DockerException
 
-    user, password = (
-        environ.get("WARMER_REGISTRY_USERNAME"),
-        environ.get("WARMER_REGISTRY_PASSWORD"),
-    )
-    if user and password:
-        return user, password
+    from warmer.config import settings
+
+    configured = settings(environ)
+    if configured.registry_username and configured.registry_password:
+        return configured.registry_username, configured.registry_password.get_secret_value()
     path = Path(environ.get("DOCKER_CONFIG") or Path.home() / ".docker") / "config.json"
     try:
         config = auth.load_config(config_dict=json.loads(path.read_text()))

@@ -8,6 +8,7 @@ import sys
 import click
 
 from warmer import __version__
+from warmer.cli.options import App
 from warmer.errors import WarmerError
 
 #: command name -> "module:attribute" under warmer.cli
@@ -65,12 +66,14 @@ class LazyGroup(click.Group):
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="warmer")
-def cli() -> None:
+@click.pass_context
+def cli(ctx: click.Context) -> None:
     """Warm compile caches in a container, store them, ship them as bundles.
 
     Exit codes: 0 ok, 1 unexpected failure, 2 bad usage or invalid spec/bundle,
     3 the warm-up job failed or timed out, 4 environment mismatch on restore.
     """
+    ctx.ensure_object(App)
 
 
 def main() -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from warmer.cli.options import json_option, store_option
+from warmer.cli.options import current_settings, json_option, store_option
 from warmer.cli.output import console, emit_json, progress_bar
 from warmer.cli.registry import insecure_option, say
 from warmer.units import format_size
@@ -27,11 +27,17 @@ FORMAT_CHOICE = click.Choice(["zst", "gz"])
     show_default=True,
     help="Directory for the bundle.",
 )
-@click.option("--format", "fmt", type=FORMAT_CHOICE, default="zst", show_default=True)
+@click.option(
+    "--format",
+    "fmt",
+    type=FORMAT_CHOICE,
+    default=None,
+    help="Bundle compression [default: $WARMER_BUNDLE_FORMAT, bundle.format, else zst].",
+)
 @store_option
 @json_option
 def save(
-    name: str, kinds: str | None, out: Path, fmt: str, store: Path | None, as_json: bool
+    name: str, kinds: str | None, out: Path, fmt: str | None, store: Path | None, as_json: bool
 ) -> None:
     """Snapshot this machine's compile caches into the store and export a bundle."""
     from warmer.save import save as save_caches
@@ -44,7 +50,7 @@ def save(
             kinds=kind_list,
             out=out,
             store=Store(store),
-            fmt=fmt,  # type: ignore[arg-type]
+            fmt=fmt or current_settings().bundle_format,  # type: ignore[arg-type]
             progress=update,
         )
     if as_json:
@@ -69,7 +75,11 @@ def save(
     help="Bundle file, or a directory to put it in under its canonical name.",
 )
 @click.option(
-    "--format", "fmt", type=FORMAT_CHOICE, default=None, help="Default: from -o's suffix, else zst."
+    "--format",
+    "fmt",
+    type=FORMAT_CHOICE,
+    default=None,
+    help="Default: from -o's suffix, else $WARMER_BUNDLE_FORMAT, bundle.format, else zst.",
 )
 @store_option
 @json_option
@@ -79,7 +89,9 @@ def export(ref: str, output: Path, fmt: str | None, store: Path | None, as_json:
     from warmer.store import Store
 
     if fmt is None:
-        fmt = "gz" if output.name.endswith((".gz", ".tgz")) else "zst"
+        suffix = "gz" if output.name.endswith((".gz", ".tgz")) else None
+        suffix = suffix or ("zst" if output.name.endswith(".zst") else None)
+        fmt = suffix or current_settings().bundle_format
     path = export_bundle(Store(store), ref, output, fmt)  # type: ignore[arg-type]
     if as_json:
         emit_json({"bundle": str(path), "bytes": path.stat().st_size})

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 import click
 
-from warmer.cli.options import json_option, store_option
+from warmer.cli.options import current_settings, json_option, store_option
 from warmer.cli.output import ago, console, emit_json, table
 from warmer.errors import UsageError, WarmerError
 from warmer.kernels import (
@@ -181,7 +181,7 @@ def ls(
 ) -> None:
     """List the kernels of a cache directory, a store snapshot (REF) or a BUNDLE."""
     where = _source(source, cache_dir, store)
-    with KernelIndex() as index:
+    with KernelIndex(current_settings().state_dir) as index:
         scan = index.scan(where)
         if quiet and not as_json:
             click.echo(
@@ -238,7 +238,7 @@ def prune(
     if as_json and not (yes or dry_run):
         raise UsageError("prune --json cannot ask for confirmation: pass -y (or --dry-run)")
     where = _source(None, cache_dir, None)
-    with KernelIndex() as index:
+    with KernelIndex(current_settings().state_dir) as index:
         scan = index.scan(where)
         found = index.kernels(scan, kernel_filter)
     if ids:

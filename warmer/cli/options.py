@@ -2,13 +2,33 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import click
 
+if TYPE_CHECKING:
+    from warmer.config import Settings
+
 F = TypeVar("F", bound=Callable[..., object])
+
+
+class App:
+    """What every command shares through the `warmer` group's `ctx.obj`: the settings, read
+    on first use (a command that needs none never fails on a broken config file)."""
+
+    @functools.cached_property
+    def settings(self) -> Settings:
+        from warmer.config import settings
+
+        return settings()
+
+
+def current_settings() -> Settings:
+    """The settings of the command being run."""
+    return click.get_current_context().ensure_object(App).settings
 
 
 def store_option(function: F) -> F:
@@ -17,8 +37,8 @@ def store_option(function: F) -> F:
         "--store",
         type=click.Path(file_okay=False, path_type=Path),
         default=None,
-        envvar="WARMER_STORE",
-        help="Store directory [default: $WARMER_STORE or ~/.cache/warmer].",
+        help="Store directory [default: $WARMER_STORE, store.path in the config, or "
+        "~/.cache/warmer].",
     )(function)
 
 

@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 import click
 
-from warmer.cli.options import json_option, store_option
+from warmer.cli.options import current_settings, json_option, store_option
 from warmer.cli.output import console, emit_json
 from warmer.units import format_size
 
@@ -59,7 +59,6 @@ def push(
     (REGISTRY/PREFIX/<job name>:<env tag>, see configs/warmer.yaml).
     """
     from warmer.bundle import import_bundle
-    from warmer.config import settings
     from warmer.errors import UsageError
     from warmer.oci import Reference
     from warmer.registry import push as push_bundle
@@ -76,7 +75,7 @@ def push(
         if explicit is not None:
             reference = explicit
         else:
-            registry = settings().registry
+            registry = current_settings().registry
             if not registry:
                 raise UsageError(
                     "no TARGET given and no registry configured (WARMER_REGISTRY or registry.url)"

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import click
 
-from warmer.cli.options import json_option, store_option
+from warmer.cli.options import current_settings, json_option, store_option
 from warmer.cli.output import console, emit_json, table
 from warmer.errors import JobFailed, RegistryError
 from warmer.units import format_duration, format_size
@@ -44,15 +44,20 @@ if TYPE_CHECKING:
     is_flag=True,
     help="Rerun from the bundle in a fresh container: hit rate, cold vs warm.",
 )
-@click.option("--format", "fmt", type=click.Choice(["zst", "gz"]), default="zst", show_default=True)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["zst", "gz"]),
+    default=None,
+    help="Bundle compression [default: $WARMER_BUNDLE_FORMAT, bundle.format, else zst].",
+)
 @click.option("-q", "--quiet", is_flag=True, help="Do not stream the warm-up's log lines.")
 @click.option(
     "--hosts",
     metavar="HOST[,HOST…]",
-    envvar="WARMER_HOSTS",
     default=None,
     help="Fan the jobs out over Docker hosts at once: host names from the config, `all`, "
-    "or [BACKEND=]URL (cpu=unix:///run/d2.sock). See docs/fanout.md.",
+    "or [BACKEND=]URL (cpu=unix:///run/d2.sock) [default: $WARMER_HOSTS]. See docs/fanout.md.",
 )
 @click.option(
     "--push",
@@ -73,7 +78,7 @@ def run(
     runtime: str | None,
     out: Path,
     verify: bool,
-    fmt: str,
+    fmt: str | None,
     quiet: bool,
     hosts: str | None,
     push: bool,
@@ -88,6 +93,9 @@ def run(
     from warmer.spec import load_jobs
     from warmer.store import Store
 
+    settings = current_settings()
+    fmt = fmt or settings.bundle_format
+    hosts = hosts if hosts is not None else settings.run_hosts
     jobs = load_jobs(job_file, only=only)
     missing = sorted({name for job in jobs for name in job.secrets if name not in os.environ})
     if missing:
@@ -172,10 +180,9 @@ def _fan_out(
     """Run `jobs` over the hosts `--hosts` names; JSON entries in file order, and each
     host's outcome. Everything is checked (hosts, a host for every job) before anything
     starts."""
-    from warmer.config import settings
     from warmer.fanout import FanOut, assign, parse_hosts
 
-    hosts = parse_hosts(value, settings().hosts)
+    hosts = parse_hosts(value, current_settings().hosts)
     queues = assign(jobs, hosts)
     for host in hosts:
         for job in queues[host.name]:
@@ -266,18 +273,18 @@ class _Pusher:
     """Pushes each published bundle to the registry (checked before any job starts)."""
 
     def __init__(self, value: str | None) -> None:
-        from warmer.config import settings
         from warmer.errors import UsageError
         from warmer.oci import Reference
 
-        self.registry = value or settings().registry or ""
+        settings = current_settings()
+        self.registry = value or settings.registry or ""
         if not self.registry:
             raise UsageError(
                 "--push needs a registry: --registry REGISTRY/PREFIX, WARMER_REGISTRY, "
                 "or registry.url in the config"
             )
         Reference.parse(self.registry)
-        self.insecure = settings().insecure
+        self.insecure = settings.insecure
 
     def __call__(self, store: Store, result: JobResult) -> dict[str, Any]:
         from warmer.errors import WarmerError

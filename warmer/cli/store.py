@@ -9,9 +9,8 @@ from typing import TYPE_CHECKING
 
 import click
 
-from warmer.cli.options import json_option, store_option
+from warmer.cli.options import current_settings, json_option, store_option
 from warmer.cli.output import ago, console, emit_json, table
-from warmer.config import default_max_store_size
 from warmer.errors import BundleError, StoreError, UsageError
 from warmer.units import format_duration, format_size, parse_duration, parse_size
 
@@ -278,7 +277,7 @@ def _prune_limits(max_size: str | None, older_than: str | None) -> tuple[int | N
     """Parse the options; with neither, fall back to the configured budget."""
     size_source = "--max-size"
     if max_size is None and older_than is None:
-        max_size, size_source = default_max_store_size(), "$WARMER_MAX_SIZE or store.max_size"
+        max_size, size_source = current_settings().max_size, "$WARMER_MAX_SIZE or store.max_size"
         if max_size is None:
             raise UsageError(
                 "prune needs --max-size or --older-than "

@@ -65,8 +65,9 @@ def default_docker_url() -> str:
 def podman_base_url(environ: Mapping[str, str] = os.environ) -> str:
     """The Podman service socket: $WARMER_PODMAN_SOCKET or $CONTAINER_HOST as given, else the
     first of the rootless and the rootful default sockets that exists."""
-    for name in ("WARMER_PODMAN_SOCKET", "CONTAINER_HOST"):
-        value = environ.get(name)
+    from warmer.config import settings
+
+    for value in (settings(environ).podman_socket, environ.get("CONTAINER_HOST")):
         if value:
             return value if "://" in value else f"unix://{value}"
     defaults = []

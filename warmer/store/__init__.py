@@ -21,7 +21,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
 
-from warmer.config import default_store_root
 from warmer.errors import BundleError, NotFound, StoreError, UsageError
 from warmer.store.cas import ObjectStore, digest_bytes
 from warmer.store.gc import GcResult, PrunePlan, VerifyReport, plan_prune, sweep, verify
@@ -54,7 +53,11 @@ class Store:
     """The store at `root` (default: `warmer.config.default_store_root()`)."""
 
     def __init__(self, root: Path | None = None, *, lock_timeout: float = 30.0) -> None:
-        self.root = Path(root if root is not None else default_store_root()) / LAYOUT
+        if root is None:
+            from warmer.config import default_store_root  # the settings load pydantic
+
+            root = default_store_root()
+        self.root = Path(root) / LAYOUT
         self.objects = ObjectStore(self.root / "objects")
         self._lock = StoreLock(self.root / "lock", exclusive_timeout=lock_timeout)
         self._lock_timeout = lock_timeout
