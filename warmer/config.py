@@ -104,20 +104,17 @@ class Settings(BaseModel):
     @classmethod
     def env_names(cls) -> dict[str, str]:
         """Environment variable -> field."""
-        return {
-            _extra(info, "env"): name
-            for name, info in cls.model_fields.items()
-            if _extra(info, "env")
-        }
+        return cls._named_by("env")
 
     @classmethod
     def file_keys(cls) -> dict[str, str]:
         """Config file key (`section.key`, or `hosts`) -> field."""
-        return {
-            _extra(info, "file"): name
-            for name, info in cls.model_fields.items()
-            if _extra(info, "file")
-        }
+        return cls._named_by("file")
+
+    @classmethod
+    def _named_by(cls, source: Literal["env", "file"]) -> dict[str, str]:
+        names = {name: _extra(info, source) for name, info in cls.model_fields.items()}
+        return {named: name for name, named in names.items() if named}
 
 
 def _extra(info: Any, key: str) -> Any:
