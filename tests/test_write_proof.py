@@ -83,3 +83,12 @@ def test_what_a_warm_start_wrote_again_is_a_miss_by_kind() -> None:
 def test_no_artifact_either_way_proves_nothing() -> None:
     proof = write_proof(["/root/.cache/vllm/modelinfos/m.json"], [], ROOTS)
     assert proof["hit_rate"] is None and proof["hits"] == proof["misses"] == 0
+
+
+def test_vllms_ipc_sockets_are_noise_not_left_out_files() -> None:
+    from warmer.runner import _is_noise
+
+    assert _is_noise("/tmp/2fe9ab67-dbae-4d8f-a435-186ee78bbbbf", "/tmp")
+    assert not _is_noise("/tmp/2fe9ab67-dbae-4d8f-a435-186ee78bbbbf.log", "/tmp")
+    assert not _is_noise("/srv/2fe9ab67-dbae-4d8f-a435-186ee78bbbbf", "/tmp")
+    assert _is_noise("/proc/1/status", "/tmp") and not _is_noise("/tmp/model.bin", "/tmp")

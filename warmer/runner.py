@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
 import threading
 import time
@@ -45,6 +46,16 @@ _NOISE = (
     "/var/",
     "/root/.bash_history",
 )
+
+#: vLLM's ZMQ sockets: `ipc://<temp dir>/<uuid4>` (vllm.utils.network_utils).
+_IPC_SOCKET = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
+
+
+def _is_noise(path: str, tmpdir: str) -> bool:
+    """A path a container writes that is no cache nor worth listing as left out."""
+    directory, name = os.path.split(path)
+    return path.startswith(_NOISE) or (directory == tmpdir and bool(_IPC_SOCKET.fullmatch(name)))
+
 
 #: on_event(kind, data): "line" (a log line), "progress" (agent progress), "phase" (a step)
 EventHandler = Callable[[str, Mapping[str, Any]], None]
@@ -271,7 +282,8 @@ class Runner:
 
     def _harvest(self, job: Job, session: Any, report: Mapping[str, Any]) -> Harvest:
         roots = self.roots(job, report)
-        changed = [p for p in session.changed_paths() if not p.startswith(_NOISE)]
+        tmpdir = Facts.from_report(report.get("facts") or {}).tmpdir
+        changed = [p for p in session.changed_paths() if not _is_noise(p, tmpdir)]
         changed_set = set(changed)
         touched = [r for r in roots if any(p.startswith(r.path.rstrip("/") + "/") for p in changed)]
         mapping: Mapping[str, str] = getattr(session, "path_mapping", {})
