@@ -50,6 +50,8 @@ INDUCTOR_DIR = "/root/.cache/warmer-bench/inductor"
 MEGACACHE_FILE = "/root/.cache/warmer-bench/megacache.bin"
 #: The column that compiles nothing at all (vLLM jobs).
 FLOOR = "no-compile"
+#: Where each engine's compile time starts.
+START = {"torch-compile": "first call", "vllm": "engine start"}
 
 
 def with_env(job: Job, **env: str) -> Job:
@@ -87,6 +89,7 @@ def measure(runner: Runner, job: Job) -> dict[str, Any]:
         rows.update(torch_columns(runner, job, manifest))
     return {
         "job": job.name,
+        "kind": job.engine.kind,
         "columns": rows,
         "bundle_bytes": result.bytes,
         "files": result.files,
@@ -203,7 +206,7 @@ def plot(results: list[dict[str, Any]], png: Path) -> None:
         bars = ax.bar(columns, values, color=colors[: len(columns)])
         ax.bar_label(bars, labels=[f"{v:.1f}s" for v in values])
         ax.set_title(f"{result['job']}: compile time at start-up")
-        ax.set_ylabel("seconds (first call → end of warm-up)")
+        ax.set_ylabel(f"seconds ({START[result['kind']]} → end of warm-up)")
     fig.tight_layout()
     png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=110)
