@@ -27,7 +27,7 @@ from warmer.bundle import write_bundle
 from warmer.caches import CacheRoot
 from warmer.oci import Reference, Registry
 from warmer.registry import pull, push
-from warmer.save import save
+from warmer.saving import save
 from warmer.store import Store
 from warmer.units import format_size, parse_size
 

@@ -25,8 +25,8 @@ from pathlib import Path
 from warmer.bundle import write_bundle
 from warmer.caches import CacheRoot
 from warmer.envkey import EnvKey
-from warmer.restore import restore
-from warmer.save import save
+from warmer.restoring import restore
+from warmer.saving import save
 from warmer.store import Store
 from warmer.store.cas import digest_bytes
 from warmer.store.manifest import FileEntry, Manifest

@@ -156,6 +156,6 @@ from docker.errors import ImageNotFound  # noqa: E402
 from warmer.caches import CacheRoot  # noqa: E402
 from warmer.errors import UsageError  # noqa: E402
 from warmer.runtimes.docker import DockerRuntime, engine_answers, podman_base_url  # noqa: E402
-from warmer.save import save  # noqa: E402
+from warmer.saving import save  # noqa: E402
 from warmer.store import Store  # noqa: E402
 from warmer.store.manifest import Manifest  # noqa: E402

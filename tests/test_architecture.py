@@ -2,7 +2,7 @@
 
 Every `import` counts, at the top of a module or inside a function (a lazy import is still a
 dependency) or under TYPE_CHECKING. A module belongs to a unit: its file under warmer/
-(`warmer/restore.py` -> restore) or its package (`warmer/store/cas.py` -> store).
+(`warmer/restoring.py` -> restoring) or its package (`warmer/store/cas.py` -> store).
 
 1. The agent runs inside the user's image under whatever Python it has: warmer/agent/ imports
    the standard library, warmer.agent and warmer.caches at module level (and caches imports
@@ -10,10 +10,10 @@ dependency) or under TYPE_CHECKING. A module belongs to a unit: its file under w
    Triton, vLLM), which the image brings.
 2. A unit imports only units before it in `ORDER`. The order is the one the imports really
    follow, which is not quite the data flow (spec -> runtime -> agent -> harvest -> store ->
-   bundle -> restore): the store is below harvest and bundle, which write into it and read
+   bundle -> restoring): the store is below harvest and bundle, which write into it and read
    from it; the agent is below envkey, which probes through it; sources (bundle file,
    registry reference, store ref, cold tier) is above registry, whose pulls it uses, and
-   below restore, which resolves what it installs through it. The helpers errors, units,
+   below restoring, which resolves what it installs through it. The helpers errors, units,
    config and sqlite may be imported by anyone; cli and the package's public API
    (warmer/__init__.py, lazily) may import anything, and anyone may import the bare package
    (`import warmer`, for its location: every `import warmer.x` runs it anyway).
@@ -46,8 +46,8 @@ ORDER = (
     "oci",
     "registry",
     "sources",
-    "restore",
-    "save",
+    "restoring",
+    "saving",
     "runner",
     "fanout",
     "kernels",

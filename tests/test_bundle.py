@@ -18,7 +18,7 @@ from warmer.bundle import (
     write_bundle,
 )
 from warmer.errors import BundleError
-from warmer.restore import restore
+from warmer.restoring import restore
 
 
 @pytest.mark.parametrize("fmt", ["zst", "gz"])

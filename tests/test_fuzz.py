@@ -26,7 +26,7 @@ from warmer.bundle import verify_bundle, write_bundle
 from warmer.cli import cli
 from warmer.envkey import EnvKey
 from warmer.errors import BundleError, SpecError, UsageError
-from warmer.restore import restore
+from warmer.restoring import restore
 from warmer.spec import load_jobs
 from warmer.store.cas import digest_bytes
 from warmer.store.manifest import Manifest

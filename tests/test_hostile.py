@@ -23,7 +23,7 @@ from warmer.bundle import MANIFEST_NAME, compressed_writer, tar_member, write_bu
 from warmer.cli import cli
 from warmer.envkey import EnvKey
 from warmer.errors import BundleError
-from warmer.restore import restore
+from warmer.restoring import restore
 from warmer.store.cas import digest_bytes
 from warmer.store.manifest import MAX_FILES, MAX_MANIFEST_BYTES, FileEntry, Manifest
 
@@ -176,7 +176,7 @@ def test_restored_files_are_never_group_or_world_writable(
     """mode = bundle mode & 0o755 (no setuid, setgid, sticky, group or other write), then
     the umask: a cache file another user can replace is code that runs as this one."""
     if large:
-        monkeypatch.setattr("warmer.restore._IN_MEMORY", 0)
+        monkeypatch.setattr("warmer.restoring._IN_MEMORY", 0)
     modes = {"lib.so": 0o777, "k.py": 0o664, "suid": 0o6777, "private": 0o600, "odd": 0o1676}
     files = {f"/c/d/{name}": name.encode() for name in modes}
     env = EnvKey.probe()

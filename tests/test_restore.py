@@ -15,8 +15,8 @@ from warmer.caches import CacheRoot
 from warmer.cli import cli
 from warmer.envkey import EnvKey
 from warmer.errors import EnvMismatch
-from warmer.restore import restore
-from warmer.save import save
+from warmer.restoring import restore
+from warmer.saving import save
 from warmer.store import Store
 from warmer.store.manifest import Manifest
 

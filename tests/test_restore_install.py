@@ -9,10 +9,10 @@ import pytest
 from helpers.bundles import make_manifest, manifest_member, member, opener, raw_tar
 from helpers.restore import leftovers, tree
 
-import warmer.restore
+import warmer.restoring
 from warmer.bundle import member_name, write_bundle
 from warmer.errors import BundleError
-from warmer.restore import restore
+from warmer.restoring import restore
 
 FILES = {
     "/cache/A/x.cubin": b"new x " * 1000,
@@ -42,9 +42,9 @@ def members_as(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) 
     """Run each test with members read whole (the common case), streamed (large ones), and
     with the reader waiting for the writers after every file (the memory bound)."""
     if request.param == "streamed":
-        monkeypatch.setattr(warmer.restore, "_IN_MEMORY", 16)
+        monkeypatch.setattr(warmer.restoring, "_IN_MEMORY", 16)
     if request.param == "one at a time":
-        monkeypatch.setattr(warmer.restore, "_IN_FLIGHT_BYTES", 0)
+        monkeypatch.setattr(warmer.restoring, "_IN_FLIGHT_BYTES", 0)
     return str(request.param)
 
 

@@ -42,11 +42,16 @@ def test_warmer_restore_takes_a_store_ref(tmp_path: Path) -> None:
             store.put_bytes(data)
         info = store.commit(manifest)
         assert in_store(store, info.ref)[0].snapshot == info.snapshot
-    # a fresh interpreter: once anything imported the module warmer.restore, the package's
-    # attribute `restore` is that module, no longer the function
+    # twice in one interpreter: importing the module that does the work (warmer.restoring)
+    # must not shadow the package's function
     root = str(tmp_path / "root")
-    code = f"import warmer; print(warmer.restore({info.ref!r}, root={root!r}).written)"
+    code = (
+        "import warmer; import warmer.saving; "
+        f"print(warmer.restore({info.ref!r}, root={root!r}).written, "
+        f"warmer.restore({info.ref!r}, root={root!r}).skipped_identical, "
+        "callable(warmer.save))"
+    )
     written = python(code, {"WARMER_STORE": str(tmp_path / "store")})
-    assert written.strip() == str(len(FILES))
+    assert written.split() == [str(len(FILES)), str(len(FILES)), "True"]
     for path, data in FILES.items():
         assert (tmp_path / "root" / path.lstrip("/")).read_bytes() == data

@@ -11,25 +11,25 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from warmer.restore import RestoreReport
-    from warmer.save import SaveResult
+    from warmer.restoring import RestoreReport
+    from warmer.saving import SaveResult
 
 __all__ = ["__version__", "restore", "save"]
 
 
 def restore(path: str, *, root: str = "/", force: bool = False) -> RestoreReport:
-    """Install a bundle's caches into this machine's cache roots (see `warmer.restore`).
+    """Install a bundle's caches into this machine's cache roots (see `warmer.restoring`).
 
     `path` is a bundle file, or a store ref or registry reference (`warmer.sources`): a ref
     the local store lacks is pulled from the configured cold tier.
     """
-    from warmer.restore import restore as _restore
+    from warmer.restoring import restore as _restore
 
     return _restore(path, root=root, force=force)
 
 
 def save(**kwargs: Any) -> SaveResult:
     """Snapshot this machine's compile caches into the store and export a bundle."""
-    from warmer.save import save as _save
+    from warmer.saving import save as _save
 
     return _save(**kwargs)

@@ -40,7 +40,7 @@ def save(
     name: str, kinds: str | None, out: Path, fmt: str | None, store: Path | None, as_json: bool
 ) -> None:
     """Snapshot this machine's compile caches into the store and export a bundle."""
-    from warmer.save import save as save_caches
+    from warmer.saving import save as save_caches
     from warmer.store import Store
 
     kind_list = [k.strip() for k in kinds.split(",") if k.strip()] if kinds else None
@@ -159,7 +159,7 @@ def restore(
     it is not in the store).
     """
     from warmer.errors import UsageError
-    from warmer.restore import restore as restore_bundle
+    from warmer.restoring import restore as restore_bundle
     from warmer.sources import in_store, is_bundle
     from warmer.store import Store
 
