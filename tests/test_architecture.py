@@ -35,6 +35,7 @@ ORDER = (
     "units",
     "config",
     "sqlite",
+    "files",
     "caches",
     "spec",
     "agent",
@@ -54,7 +55,7 @@ ORDER = (
     "tracking",
     "cli",
 )
-HELPERS = {"errors", "units", "config", "sqlite"}
+HELPERS = {"errors", "units", "config", "sqlite", "files"}
 #: Units that may import any other (the command line, and the lazy public API).
 TOP = {"cli", "__init__"}
 #: What the agent's engines import inside their functions, from the user's image.

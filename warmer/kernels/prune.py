@@ -10,13 +10,13 @@ import functools
 import json
 import os
 import shutil
-import tempfile
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from warmer.files import atomic_file
 from warmer.kernels.formats import IR_KINDS, Kernel, KernelFile
 from warmer.store.gc import PrunePlan
 from warmer.units import format_size
@@ -162,13 +162,5 @@ def _remove_entry(directory: Path, kernel: Kernel) -> None:
 
 def _replace_file(path: Path, data: bytes) -> None:
     """Write `path` atomically, keeping its permission bits."""
-    mode = path.stat().st_mode & 0o777
-    fd, temp = tempfile.mkstemp(prefix=".warmer-tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(temp, mode)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path, mode=path.stat().st_mode & 0o777) as out:
+        out.write(data)

@@ -22,6 +22,7 @@ from types import TracebackType
 from typing import BinaryIO
 
 from warmer.errors import BundleError, NotFound, StoreError, UsageError
+from warmer.files import atomic_file
 from warmer.store.cas import ObjectStore, digest_bytes
 from warmer.store.gc import GcResult, PrunePlan, VerifyReport, plan_prune, sweep, verify
 from warmer.store.index import Index, SnapshotInfo
@@ -214,7 +215,8 @@ class Store:
                     self.objects.root.mkdir(parents=True, exist_ok=True)
                     tag = self.root / "CACHEDIR.TAG"
                     if not tag.is_file() or tag.read_bytes() != CACHEDIR_TAG:
-                        tag.write_bytes(CACHEDIR_TAG)  # rewritten if a killed process cut it short
+                        with atomic_file(tag) as out:  # whole, even if this process is killed
+                            out.write(CACHEDIR_TAG)
                     self._lock.acquire_shared()
                 except OSError as exc:
                     raise StoreError(f"cannot use the store at {self.root}: {exc}") from exc
