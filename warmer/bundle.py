@@ -14,7 +14,6 @@ import io
 import os
 import posixpath
 import tarfile
-import tempfile
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, BinaryIO, Literal, Protocol, cast
 
 from warmer.errors import BundleError, UsageError
+from warmer.files import atomic_file
 from warmer.store.manifest import MAX_MANIFEST_BYTES, FileEntry, Manifest
 
 if TYPE_CHECKING:
@@ -88,18 +88,8 @@ def write_bundle(
     if destination.is_dir():
         destination = destination / bundle_name(manifest, fmt)
     destination.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=".tmp-", suffix=".bundle", dir=destination.parent)
-    try:
-        with os.fdopen(fd, "wb") as raw:
-            with compressed_writer(raw, fmt) as stream:
-                write_tar(manifest, open_object, stream)
-            raw.flush()
-            os.fsync(raw.fileno())
-        os.chmod(tmp_name, 0o644)
-        os.replace(tmp_name, destination)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with atomic_file(destination, durable=True) as raw, compressed_writer(raw, fmt) as stream:
+        write_tar(manifest, open_object, stream)
     return destination
 
 
