@@ -1,4 +1,7 @@
-"""`warmer ls | show | verify | gc | prune` against a real store holding a real Triton cache."""
+"""`warmer ls | show | verify | gc | prune` against a real store.
+
+What the files hold does not matter to these commands, so the store holds files laid out like a
+Triton cache and needs no Triton (the cache tests use caches that Triton really wrote)."""
 
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
-from helpers.store import TAG, ingest_tree, manifest, put_files
+from helpers.store import TAG, manifest, put_files
 
 from warmer.cli import cli
 from warmer.errors import BundleError, StoreError, UsageError
@@ -25,12 +28,20 @@ def invoke(*args: str, stdin: str | None = None, env: dict[str, str] | None = No
     return CliRunner().invoke(cli, list(args), input=stdin, env=env)
 
 
+#: Three kernels, four files each, as Triton lays them out.
+KERNEL_FILES = {
+    f"/root/.triton/cache/{key}/{name}": f"{key} {name}\n".encode() * 500 * (index + 1)
+    for index, key in enumerate(["A" * 52, "B" * 52, "C" * 52])
+    for name in ("k.source", "k.ttir", "k.cubin", "k.json")
+}
+
+
 @pytest.fixture
-def store_dir(tmp_path: Path, triton_cache: Path) -> Path:
-    """Two snapshots sharing a real Triton cache; `tiny` was last used 3 days ago."""
+def store_dir(tmp_path: Path) -> Path:
+    """Two snapshots sharing a Triton-like cache; `tiny` was last used 3 days ago."""
     root = tmp_path / "store"
     with Store(root) as store:
-        entries = ingest_tree(store, triton_cache, "/root/.triton/cache", "triton")
+        entries = put_files(store, KERNEL_FILES, "triton")
         tiny = manifest("tiny", entries).with_verify(
             {"hit_rate": 1.0, "hits": 6, "misses": 0, "cold_s": 12.1, "warm_s": 0.9}
         )

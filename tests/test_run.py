@@ -142,6 +142,7 @@ def test_an_invalid_spec_exits_2_before_anything_starts(tmp_path: Path) -> None:
 def test_local_runtime_records_default_paths_and_verifies(tmp_path: Path) -> None:
     """No engine needed: a subprocess with fresh cache directories, recorded at the defaults.
     The job names no image: the local runtime needs none."""
+    pytest.importorskip("torch", reason="the local runtime compiles with this Python's torch")
     job = write_job(tmp_path, None, image=None)
     out = tmp_path / "dist"
     done = warmer(
@@ -172,6 +173,7 @@ def test_verify_names_what_an_incomplete_bundle_made_the_warm_start_compile(
 ) -> None:
     """The write proof on a real Inductor cache: a bundle without its FX graphs makes the warm
     start compile them again, and the verify result says so by kind."""
+    pytest.importorskip("torch", reason="the local runtime compiles with this Python's torch")
     job = load_jobs(write_job(tmp_path, None, image=None))[0]
     store = Store(tmp_path / "store")
     runner = Runner(LocalRuntime(), store, tmp_path / "dist")
