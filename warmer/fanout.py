@@ -11,6 +11,11 @@ own `DockerRuntime` and `Runner`. The threads share one `Store`, which is safe: 
 index is one connection serialised by a lock, commits are single transactions, and objects
 are written to temp files and renamed. Bundles go to one directory under distinct names.
 
+A plain `warmer run` (one runtime: docker, podman or local) is the same loop over one
+host of one slot (`FanOut.single`): the runtime is the one already connected, the loop runs
+on the calling thread, labels carry no host, and an error that is not a job's failure
+propagates as it would from the runner.
+
 A failure stays with its host. An engine that does not answer at the start fails that
 host's jobs; one that stops answering mid-run fails the job running there (with the log
 lines streamed so far) and the jobs still queued there, without trying them. The runner
@@ -39,6 +44,7 @@ from warmer.spec import Job
 from warmer.store import Store
 
 if TYPE_CHECKING:
+    from warmer.runtimes.base import Runtime
     from warmer.runtimes.docker import DockerRuntime
 
 #: URL schemes the docker SDK connects with.
@@ -199,6 +205,9 @@ class _HostRun:
         time from the first connection to the last job's end."""
         started = time.monotonic()
         try:
+            if self.fanout.runtime is not None:  # one runtime, connected and swept by the caller
+                self._slot(self.fanout.runtime)
+                return
             try:
                 first = _connect(self.host)
                 self._add_runtime(first)
@@ -221,7 +230,7 @@ class _HostRun:
         finally:
             self.outcome.seconds = time.monotonic() - started
 
-    def _slot(self, runtime: DockerRuntime | None = None) -> None:
+    def _slot(self, runtime: Runtime | None = None) -> None:
         """Run jobs from the queue until it is empty (or the host is given up)."""
         if runtime is None:
             try:
@@ -231,15 +240,14 @@ class _HostRun:
                 return
             self._add_runtime(runtime)
         tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+        events = self._events(tail)
         runner = Runner(
-            runtime,
-            self.fanout.store,
-            self.fanout.out,
-            fmt=self.fanout.fmt,
-            on_event=self._events(tail),
+            runtime, self.fanout.store, self.fanout.out, fmt=self.fanout.fmt, on_event=events
         )
         while (job := self._next()) is not None:
             tail.clear()
+            start = {"job": job.name, "where": self.host.url, "image": job.image}
+            events("start", {**start, "engine": job.engine.kind, "backend": job.backend})
             self._run_one(runner, job, tail)
 
     def _run_one(self, runner: Runner, job: Job, tail: collections.deque[str]) -> None:
@@ -252,11 +260,13 @@ class _HostRun:
         except JobFailed as exc:
             outcome.error, outcome.log_tail = str(exc), exc.log_tail
         except Exception as exc:  # the engine went away, the image is not there, …
+            if self.fanout.runtime is not None:
+                raise  # one runtime: its errors are the command's, as the runner raised them
             outcome.error = str(exc) if isinstance(exc, WarmerError) else _describe(exc)
         outcome.seconds = time.monotonic() - started
         if outcome.error is not None and self.fanout.cancelled.is_set():
             outcome.error, outcome.log_tail = "interrupted", ""  # Ctrl-C removed its container
-        elif outcome.error is not None:
+        elif outcome.error is not None and self.fanout.runtime is None:
             outcome.log_tail = outcome.log_tail or "\n".join(tail)
             if not engine_answers(self.host.url):
                 reason = f"stopped answering at {self.host.url}"
@@ -273,7 +283,9 @@ class _HostRun:
         def relay(kind: str, data: Mapping[str, Any]) -> None:
             if kind == "line":
                 tail.append(str(data.get("line", "")))
-            on_event(kind, {**data, "job": f"{data.get('job')}@{self.host.name}"})
+            if self.fanout.runtime is None:
+                data = {**data, "job": f"{data.get('job')}@{self.host.name}"}
+            on_event(kind, data)
 
         return relay
 
@@ -327,18 +339,51 @@ class FanOut:
         verify: bool = False,
         on_event: EventHandler | None = None,
         on_done: DoneHandler | None = None,
+        runtime: Runtime | None = None,
     ) -> None:
         self.hosts = list(hosts)
+        #: the one runtime of a plain `warmer run` (see `single`); None: connect to each host
+        self.runtime = runtime
         self.store, self.out, self.fmt, self.verify = store, out, fmt, verify
         self.on_event: EventHandler = on_event or (lambda kind, data: None)
         self._on_done = on_done or (lambda outcome: None)
         self._done_lock = threading.Lock()
         self.cancelled = threading.Event()
 
+    @classmethod
+    def single(
+        cls,
+        runtime: Runtime,
+        store: Store,
+        out: Path,
+        *,
+        fmt: Format = "zst",
+        verify: bool = False,
+        on_event: EventHandler | None = None,
+        on_done: DoneHandler | None = None,
+    ) -> FanOut:
+        """A plain `warmer run`: one host of one slot that is `runtime` (connected and swept
+        by the caller), named after it; `run({runtime.name: jobs})` runs on this thread."""
+        host = HostConfig(runtime.name, runtime.name)
+        return cls(
+            [host],
+            store,
+            out,
+            fmt=fmt,
+            verify=verify,
+            on_event=on_event,
+            on_done=on_done,
+            runtime=runtime,
+        )
+
     def run(self, queues: Mapping[str, Sequence[Job]]) -> list[HostOutcome]:
         """Run each host's queue (`assign` makes them) and return each host's outcome, in
         the order of `hosts`; a host with no jobs is listed with none and never contacted."""
         runs = [_HostRun(self, host, queues.get(host.name, ())) for host in self.hosts]
+        if self.runtime is not None:  # one host, one slot: on this thread, as a plain run
+            for one in runs:
+                one.run()
+            return [one.outcome for one in runs]
         threads = [
             threading.Thread(target=run.run, name=f"fanout-{run.host.name}", daemon=True)
             for run in runs

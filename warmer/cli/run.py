@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -17,7 +16,7 @@ from warmer.units import format_duration, format_size
 
 if TYPE_CHECKING:
     from warmer.bundle import Format
-    from warmer.fanout import HostOutcome, JobOutcome
+    from warmer.fanout import FanOut, HostOutcome, JobOutcome
     from warmer.runner import JobResult
     from warmer.spec import Job
     from warmer.store import Store
@@ -88,7 +87,7 @@ def run(
 ) -> None:
     """Warm up each job of JOB_FILE, harvest its compile caches, export a bundle per job."""
     from warmer.errors import UsageError
-    from warmer.runner import Runner
+    from warmer.fanout import FanOut
     from warmer.runtimes import available_runtime, get_runtime
     from warmer.spec import load_jobs
     from warmer.store import Store
@@ -116,54 +115,33 @@ def run(
                 "job, or run it with --runtime local"
             )
     pusher = _Pusher(registry) if push else None
+    with_host = hosts is not None
+    options: dict[str, Any] = {"fmt": fmt, "verify": verify}
     if hosts is not None:
-        results, outcomes = _fan_out(
-            jobs,
-            hosts,
-            Store(store),
-            out,
-            fmt=cast("Format", fmt),
-            verify=verify,
-            quiet=quiet,
-            pusher=pusher,
-        )
-        if as_json:
-            emit_json({"jobs": results, "hosts": [_host_entry(o) for o in outcomes]})
-        else:
-            _summary(results, with_host=True)
-            _host_summary(outcomes)
-        _raise_if_failed(results)
-        return
-    assert runtime is not None
-    engine = get_runtime(runtime)
-    swept = engine.sweep()
-    if swept:
-        console.print(f"removed {swept} leftover container(s) of an earlier crashed run")
-    opened = Store(store)
-    runner = Runner(engine, opened, out, fmt=fmt, on_event=_EventPrinter(quiet))  # type: ignore[arg-type]
-    results = []
-    for job in jobs:
-        console.print(f"[{job.name}] {runtime}: {_what(job)}")
-        started = time.monotonic()
-        try:
-            result = runner.run(job, verify=verify)
-        except JobFailed as exc:
-            _report(job.name, None, str(exc), exc.log_tail)
-            results.append(_entry(job.name, None, str(exc), time.monotonic() - started))
-            continue
-        _report(job.name, result, None, "")
-        results.append(_entry(job.name, result, None, time.monotonic() - started))
-        if pusher:
-            results[-1]["push"] = pusher(opened, result)
-    if as_json:
-        emit_json({"jobs": results})
+        opened = Store(store)
+        ended = _Ended(opened, pusher, with_host=True)
+        fanout, queues = _fan_out(jobs, hosts, opened, out, ended, quiet=quiet, **options)
     else:
-        _summary(results)
+        assert runtime is not None
+        engine = get_runtime(runtime)
+        swept = engine.sweep()
+        if swept:
+            console.print(f"removed {swept} leftover container(s) of an earlier crashed run")
+        opened = Store(store)
+        ended = _Ended(opened, pusher, with_host=False)
+        printer = _EventPrinter(quiet, starts=True)
+        fanout = FanOut.single(engine, opened, out, on_event=printer, on_done=ended, **options)
+        queues = {engine.name: list(jobs)}
+    outcomes = fanout.run(queues)
+    results = [ended.entries[job.name] for job in jobs]
+    if as_json:
+        hosted = {"hosts": [_host_entry(o) for o in outcomes]} if with_host else {}
+        emit_json({"jobs": results, **hosted})
+    else:
+        _summary(results, with_host=with_host)
+        if with_host:
+            _host_summary(outcomes)
     _raise_if_failed(results)
-
-
-def _what(job: Job) -> str:
-    return f"{job.image or 'this host'} ({job.engine.kind}, {job.backend})"
 
 
 def _fan_out(
@@ -171,38 +149,47 @@ def _fan_out(
     value: str,
     store: Store,
     out: Path,
+    ended: _Ended,
     *,
+    quiet: bool,
     fmt: Format,
     verify: bool,
-    quiet: bool,
-    pusher: _Pusher | None,
-) -> tuple[list[dict[str, Any]], list[HostOutcome]]:
-    """Run `jobs` over the hosts `--hosts` names; JSON entries in file order, and each
-    host's outcome. Everything is checked (hosts, a host for every job) before anything
-    starts."""
+) -> tuple[FanOut, dict[str, list[Job]]]:
+    """The fan-out over the hosts `--hosts` names, and each host's jobs (printed): everything
+    is checked (hosts, a host for every job) before anything starts."""
     from warmer.fanout import FanOut, assign, parse_hosts
 
     hosts = parse_hosts(value, current_settings().hosts)
     queues = assign(jobs, hosts)
     for host in hosts:
         for job in queues[host.name]:
-            console.print(f"[{job.name}@{host.name}] {host.url}: {_what(job)}")
-    entries: dict[str, dict[str, Any]] = {}
+            what = _what(job.image, job.engine.kind, job.backend)
+            console.print(f"[{job.name}@{host.name}] {host.url}: {what}")
+    printer = _EventPrinter(quiet)
+    fanout = FanOut(hosts, store, out, fmt=fmt, verify=verify, on_event=printer, on_done=ended)
+    return fanout, queues
 
-    def done(outcome: JobOutcome) -> None:
-        # What follows a job (its push): one call at a time, as jobs end.
-        label = f"{outcome.job.name}@{outcome.host}"
+
+class _Ended:
+    """What follows each job as it ends (one call at a time): its report, its entry in
+    `--json` and the summary (with `host` when fanned out), its push."""
+
+    def __init__(self, store: Store, pusher: _Pusher | None, *, with_host: bool) -> None:
+        self.store, self.pusher, self.with_host = store, pusher, with_host
+        self.entries: dict[str, dict[str, Any]] = {}
+
+    def __call__(self, outcome: JobOutcome) -> None:
+        name = outcome.job.name
+        label = f"{name}@{outcome.host}" if self.with_host else name
         _report(label, outcome.result, outcome.error, outcome.log_tail)
-        entry = _entry(outcome.job.name, outcome.result, outcome.error, outcome.seconds)
-        entries[outcome.job.name] = {**entry, "host": outcome.host}
-        if pusher and outcome.result is not None:
-            entries[outcome.job.name]["push"] = pusher(store, outcome.result)
+        entry = _entry(name, outcome.result, outcome.error, outcome.seconds)
+        self.entries[name] = {**entry, "host": outcome.host} if self.with_host else entry
+        if self.pusher and outcome.result is not None:
+            self.entries[name]["push"] = self.pusher(self.store, outcome.result)
 
-    fanout = FanOut(
-        hosts, store, out, fmt=fmt, verify=verify, on_event=_EventPrinter(quiet), on_done=done
-    )
-    outcomes = fanout.run(queues)
-    return [entries[job.name] for job in jobs], outcomes
+
+def _what(image: str | None, engine: str, backend: str) -> str:
+    return f"{image or 'this host'} ({engine}, {backend})"
 
 
 def _entry(
@@ -307,12 +294,16 @@ class _Pusher:
 class _EventPrinter:
     """Streams the warm-up to stderr: log lines (unless quiet), agent progress, phases."""
 
-    def __init__(self, quiet: bool) -> None:
-        self.quiet = quiet
+    def __init__(self, quiet: bool, *, starts: bool = False) -> None:
+        # starts: say where each job runs as it starts (a fan-out prints its plan up front)
+        self.quiet, self.starts = quiet, starts
 
     def __call__(self, kind: str, data: Mapping[str, Any]) -> None:
         job = data.get("job")
-        if kind == "line" and not self.quiet:
+        if kind == "start" and self.starts:
+            what = _what(data["image"], data["engine"], data["backend"])
+            console.print(f"[{job}] {data['where']}: {what}")
+        elif kind == "line" and not self.quiet:
             console.print(f"[{job}] | {data['line']}")
         elif kind == "progress":
             where = f" {data['i']}/{data['n']}" if "i" in data and "n" in data else ""
