@@ -111,7 +111,7 @@ def compressed_writer(raw: IO[bytes], fmt: Format) -> Iterator[IO[bytes]]:
 
 
 @contextmanager
-def _decompressed_reader(path: Path) -> Iterator[tuple[BinaryIO, Callable[[], None]]]:
+def _decompressed_reader(path: Path) -> Iterator[tuple[IO[bytes], Callable[[], None]]]:
     """The tar stream of a bundle file, and a check to run once it has been read to its end:
     that the compressed stream ended whole (gzip checks its own CRC and length at the end)."""
     try:
@@ -124,18 +124,23 @@ def _decompressed_reader(path: Path) -> Iterator[tuple[BinaryIO, Callable[[], No
         magic = raw.read(4)
         raw.seek(0)
         if magic.startswith(_ZSTD_MAGIC):
-            import zstandard
-
-            with zstandard.ZstdDecompressor().stream_reader(raw, read_size=_CHUNK) as reader:
-                yield (
-                    io.BufferedReader(reader, buffer_size=_CHUNK),
-                    partial(_check_zstd_end, raw, path),
-                )
+            yield decompressing(raw, "zst"), partial(_check_zstd_end, raw, path)
         elif magic.startswith(_GZIP_MAGIC):
-            with gzip.GzipFile(fileobj=raw, mode="rb") as gz:
-                yield cast(BinaryIO, gz), lambda: None
+            yield decompressing(raw, "gz"), lambda: None
         else:
             yield raw, lambda: None
+
+
+def decompressing(raw: IO[bytes], fmt: Format) -> IO[bytes]:
+    """The tar stream inside `raw` (a bundle's or a layer's), read in large chunks."""
+    if fmt == "zst":
+        import zstandard
+
+        reader = zstandard.ZstdDecompressor().stream_reader(raw, read_size=_CHUNK)
+        return io.BufferedReader(reader, buffer_size=_CHUNK)
+    if fmt == "gz":
+        return cast(IO[bytes], gzip.GzipFile(fileobj=raw, mode="rb"))
+    return raw
 
 
 def _check_zstd_end(raw: BinaryIO, path: Path) -> None:
@@ -173,7 +178,7 @@ class BundleReader:
 
     path: Path
     manifest: Manifest
-    _tar: _TarReader
+    _tar: TarReader
 
     def files(self) -> Iterator[tuple[FileEntry, VerifiedReader]]:
         """Each manifest entry with a reader of its member; the reader checks size and hash.
@@ -278,140 +283,150 @@ _REFUSED_KINDS = {
 }
 
 
-class _Member:
+class TarMember:
     """One member's bytes: reads stop at its end; a stream that ends early is a truncation."""
 
-    def __init__(self, stream: IO[bytes], name: str, size: int, bundle: Path) -> None:
-        self._stream, self.name, self.size, self._bundle = stream, name, size, bundle
+    def __init__(self, tar: TarReader, name: str, size: int) -> None:
+        self._tar, self.name, self.size = tar, name, size
         self.remaining = size
 
     def read(self, size: int = -1) -> bytes:
         size = self.remaining if size < 0 else min(size, self.remaining)
-        data = _read_exactly(self._stream, size, self._bundle)
+        data = self._tar._read_exactly(size)
         self.remaining -= size
         return data
 
 
-class _TarReader:
+class TarReader:
     """A strict streaming reader of the tars warmer writes: POSIX (pax) headers, regular files.
 
-    tarfile's stream mode spent more time than decompressing and hashing together (it slices
-    a 10 KiB buffer for every read); this reads each header and each member in one call. It
-    refuses, naming the member, whatever a bundle never holds: links, devices, directories,
-    fifos, GNU or global headers, bad checksums, unsafe names.
+    Every tar warmer reads is one it wrote, and may come from anyone: bundles, and the layers
+    of a pull. tarfile's stream mode spent more time than decompressing and hashing together
+    (it slices a 10 KiB buffer for every read); this reads each header and each member in one
+    call. It refuses with a BundleError (exit 2), naming `source` and the member, whatever
+    warmer never writes: links, devices, directories, fifos, GNU or global headers, bad
+    checksums, unsafe names. `kind` names the tar in messages ("bundle", "layer");
+    `check_end` runs once the stream has been read to its end (a compressed frame ended whole).
     """
 
-    def __init__(self, stream: IO[bytes], bundle: Path, check_end: Callable[[], None]) -> None:
-        self._stream, self._bundle, self._check_end = stream, bundle, check_end
-        self._current: _Member | None = None
+    def __init__(
+        self,
+        stream: IO[bytes],
+        source: str | Path,
+        check_end: Callable[[], None] = lambda: None,
+        *,
+        kind: str = "bundle",
+    ) -> None:
+        self._stream, self._source, self._check_end = stream, source, check_end
+        self._kind = kind
+        self._current: TarMember | None = None
+
+    def members(self) -> Iterator[TarMember]:
+        """Each member in turn (read it or not before the next), then `finish()`."""
+        while (member := self.next()) is not None:
+            yield member
+        self.finish()
 
     def finish(self) -> None:
         """After the end marker: read to the end of the stream, where only the tar's zero
         padding may be, and check that the compressed stream ended whole."""
-        while chunk := _read(self._stream, _CHUNK, self._bundle):
+        while chunk := self._read(_CHUNK):
             if chunk.strip(b"\0"):
-                raise BundleError(f"{self._bundle}: data after the end of the tar: refused")
+                raise self._refused("data after the end of the tar: refused")
         self._check_end()
 
-    def next(self) -> _Member | None:
+    def next(self) -> TarMember | None:
         """The next member (after skipping what is left of the current one), None at the end."""
         if self._current is not None:
             left = self._current.remaining + (-self._current.size % _BLOCK)
             while left:
-                left -= len(_read_exactly(self._stream, min(left, _CHUNK), self._bundle))
+                left -= len(self._read_exactly(min(left, _CHUNK)))
             self._current = None
         overrides: dict[str, str] = {}
         while True:
-            block = _read_exactly(self._stream, _BLOCK, self._bundle)
+            block = self._read_exactly(_BLOCK)
             if not block.strip(b"\0"):
                 return None
             kind, name, size = self._header(block)
             if kind != b"x":
                 break
             if size > _MAX_PAX_HEADER:
-                raise BundleError(f"{self._bundle}: an implausibly large pax header: refused")
-            overrides = _pax_records(
-                _read_exactly(self._stream, size + (-size % _BLOCK), self._bundle)[:size],
-                self._bundle,
-            )
+                raise self._refused("an implausibly large pax header: refused")
+            overrides = self._pax_records(self._read_exactly(size + (-size % _BLOCK))[:size])
         name = overrides.get("path", name)
         if "size" in overrides:
-            size = _octal_or_decimal(overrides["size"].encode(), 10, self._bundle)
+            size = self._number(overrides["size"].encode(), 10)
         if kind not in (b"0", b"\0"):
             what = _REFUSED_KINDS.get(kind, f"special file (tar type {kind!r})")
-            raise BundleError(f"{self._bundle}: member {name!r} is a {what}: refused")
-        self._current = _Member(self._stream, _checked_name(name, self._bundle), size, self._bundle)
+            raise self._refused(f"member {name!r} is a {what}: refused")
+        self._current = TarMember(self, self._checked_name(name), size)
         return self._current
+
+    def _refused(self, message: str) -> BundleError:
+        return BundleError(f"{self._source}: {message}")
 
     def _header(self, block: bytes) -> tuple[bytes, str, int]:
         if block[257:263] != b"ustar\0":
-            raise BundleError(f"{self._bundle}: not a warmer bundle (a member header is not POSIX)")
-        stored = _octal_or_decimal(block[148:156], 8, self._bundle)
+            raise self._refused(f"not a warmer {self._kind} (a member header is not POSIX)")
+        stored = self._number(block[148:156], 8)
         if stored != sum(block[:148]) + 8 * ord(" ") + sum(block[156:]):
-            raise BundleError(f"{self._bundle}: corrupt bundle (a header checksum is wrong)")
+            raise self._refused(f"corrupt {self._kind} (a header checksum is wrong)")
         name = block[:100].split(b"\0", 1)[0]
         prefix = block[345:500].split(b"\0", 1)[0]
         full = (prefix + b"/" + name if prefix else name).decode("utf-8", "surrogateescape")
-        return block[156:157], full, _octal_or_decimal(block[124:136], 8, self._bundle)
+        return block[156:157], full, self._number(block[124:136], 8)
 
+    def _read_exactly(self, size: int) -> bytes:
+        data = self._read(size)
+        while len(data) < size and (more := self._read(size - len(data))):
+            data += more
+        if len(data) < size:
+            raise self._refused(f"truncated {self._kind} (the tar ends early)")
+        return data
 
-def _read_exactly(stream: IO[bytes], size: int, bundle: Path) -> bytes:
-    data = _read(stream, size, bundle)
-    while len(data) < size and (more := _read(stream, size - len(data), bundle)):
-        data += more
-    if len(data) < size:
-        raise BundleError(f"{bundle}: truncated bundle (the tar ends early)")
-    return data
+    def _read(self, size: int) -> bytes:
+        """Up to `size` bytes; what a decompressor raises for damage becomes a BundleError."""
+        try:
+            return self._stream.read(size)
+        except (OSError, EOFError, zlib.error) as exc:  # gzip raises all three
+            raise self._refused(f"corrupt or truncated {self._kind} ({exc})") from None
+        except Exception as exc:  # zstandard raises its own error type
+            if type(exc).__module__.startswith("zstandard"):
+                raise self._refused(f"corrupt or truncated {self._kind} ({exc})") from None
+            raise
 
+    def _number(self, field: bytes, base: int) -> int:
+        try:
+            value = int(field.strip(b"\0 ") or b"0", base)
+        except ValueError:
+            raise self._refused(f"corrupt {self._kind} (a bad number in a header)") from None
+        if value < 0:
+            raise self._refused(f"corrupt {self._kind} (a negative number in a header)")
+        return value
 
-def _read(stream: IO[bytes], size: int, bundle: Path) -> bytes:
-    """Up to `size` bytes; what a decompressor raises for damage becomes a BundleError."""
-    try:
-        return stream.read(size)
-    except (OSError, EOFError, zlib.error) as exc:  # gzip raises all three
-        raise BundleError(f"{bundle}: corrupt or truncated bundle ({exc})") from None
-    except Exception as exc:  # zstandard raises its own error type
-        if type(exc).__module__.startswith("zstandard"):
-            raise BundleError(f"{bundle}: corrupt or truncated bundle ({exc})") from None
-        raise
+    def _pax_records(self, data: bytes) -> dict[str, str]:
+        """`<length> <key>=<value>\\n` records (POSIX pax extended header)."""
+        records: dict[str, str] = {}
+        position = 0
+        while position < len(data):
+            length_text, _space, _rest = data[position : position + 20].partition(b" ")
+            length = self._number(length_text, 10)
+            record = data[position : position + length]
+            key, equals, value = record[len(length_text) + 1 : -1].partition(b"=")
+            if length <= len(length_text) + 1 or not equals or not record.endswith(b"\n"):
+                raise self._refused(f"corrupt {self._kind} (a malformed pax header)")
+            records[key.decode("utf-8", "replace")] = value.decode("utf-8", "surrogateescape")
+            position += length
+        return records
 
-
-def _octal_or_decimal(field: bytes, base: int, bundle: Path) -> int:
-    try:
-        value = int(field.strip(b"\0 ") or b"0", base)
-    except ValueError:
-        raise BundleError(f"{bundle}: corrupt bundle (a bad number in a header)") from None
-    if value < 0:
-        raise BundleError(f"{bundle}: corrupt bundle (a negative number in a header)")
-    return value
-
-
-def _pax_records(data: bytes, bundle: Path) -> dict[str, str]:
-    """`<length> <key>=<value>\\n` records (POSIX pax extended header)."""
-    records: dict[str, str] = {}
-    position = 0
-    while position < len(data):
-        length_text, _space, _rest = data[position : position + 20].partition(b" ")
-        length = _octal_or_decimal(length_text, 10, bundle)
-        record = data[position : position + length]
-        key, equals, value = record[len(length_text) + 1 : -1].partition(b"=")
-        if length <= len(length_text) + 1 or not equals or not record.endswith(b"\n"):
-            raise BundleError(f"{bundle}: corrupt bundle (a malformed pax header)")
-        records[key.decode("utf-8", "replace")] = value.decode("utf-8", "surrogateescape")
-        position += length
-    return records
-
-
-def _checked_name(name: str, bundle: Path) -> str:
-    """`name`, refused unless it is a plain relative file name inside the bundle."""
-    if name.startswith("/") or "\\" in name or "\x00" in name:
-        raise BundleError(f"{bundle}: member {name!r} has an absolute or unsafe name: refused")
-    parts = name.split("/")
-    if any(part in ("", ".", "..") for part in parts) or posixpath.normpath(name) != name:
-        raise BundleError(
-            f"{bundle}: member {name!r} escapes the target or is not normalised: refused"
-        )
-    return name
+    def _checked_name(self, name: str) -> str:
+        """`name`, refused unless it is a plain relative file name inside the tar."""
+        if name.startswith("/") or "\\" in name or "\x00" in name:
+            raise self._refused(f"member {name!r} has an absolute or unsafe name: refused")
+        parts = name.split("/")
+        if any(part in ("", ".", "..") for part in parts) or posixpath.normpath(name) != name:
+            raise self._refused(f"member {name!r} escapes the target or is not normalised: refused")
+        return name
 
 
 @contextmanager
@@ -419,7 +434,7 @@ def open_bundle(path: Path) -> Iterator[BundleReader]:
     """Open a bundle for one streaming pass; the manifest is read and validated first."""
     path = Path(path)
     with _decompressed_reader(path) as (stream, check_end):
-        tar = _TarReader(stream, path, check_end)
+        tar = TarReader(stream, path, check_end)
         try:
             first = tar.next()
         except BundleError as exc:  # text, an empty file, another archive format

@@ -12,7 +12,9 @@ repository's closest push of the same job). A base layer whose files are still m
 reused as it is, so a second push that shares most files with the first uploads only the new
 files; a file the new snapshot dropped is hidden with a whiteout in the image form and simply
 not listed in the artifact form. Every pulled byte is checked twice: each blob against its
-sha256, each file against its blake3 in the manifest.
+sha256, each file against its blake3 in the manifest; layers are read by the strict tar
+reader of bundles (`bundle.TarReader`), so a layer holding a link, a device or an unsafe
+name is refused.
 """
 
 from __future__ import annotations
@@ -28,7 +30,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import IO, Any, BinaryIO, Literal, cast
 
-from warmer.bundle import MEMBER_MTIME, Format, compressed_writer, member_name, tar_member
+from warmer.bundle import (
+    MEMBER_MTIME,
+    Format,
+    TarMember,
+    TarReader,
+    compressed_writer,
+    decompressing,
+    member_name,
+    tar_member,
+)
 from warmer.envkey import EnvKey, compare
 from warmer.errors import BundleError, RegistryError, RegistryRefused, UsageError
 from warmer.oci import (
@@ -52,6 +63,7 @@ LAYER_TYPES: dict[Form, str] = {
     "image": "application/vnd.oci.image.layer.v1.tar+gzip",
 }
 _COMPRESSION: dict[Form, Format] = {"artifact": "zst", "image": "gz"}
+_FORMATS: dict[str, Format] = {LAYER_TYPES[form]: fmt for form, fmt in _COMPRESSION.items()}
 #: New files are cut into layers of about this many (uncompressed) bytes.
 LAYER_BYTES = 64 << 20
 #: Docker refuses images with more than 127 layers; stay well under it.
@@ -601,19 +613,19 @@ def _fetch(
         listed = {path: digest for path, digest, _s in layer.files}
         with registry.open_blob(layer.digest, layer.size) as blob:
             try:
-                for name, member in _layer_members(blob, layer.media_type):
-                    path = "/" + name
+                for member in layer_members(blob, layer, published.reference):
+                    path = "/" + member.name
                     digest = listed.get(path)
                     if digest is None or digest not in need:
                         continue
-                    got, _size = store.put_stream(member, None)
+                    got, _size = store.put_stream(cast(BinaryIO, member), None)
                     if got != digest:
                         raise RegistryError(
                             f"{published.reference}: {path} in layer {layer.digest[7:19]} does "
                             f"not match its blake3 ({got[7:19]}…, expected {digest[7:19]}…)"
                         )
                     need.discard(digest)
-            except RegistryError:
+            except (RegistryError, BundleError):
                 blob.drain()  # a blob that fails its sha256 is the better explanation
                 raise
             blob.drain()
@@ -637,32 +649,17 @@ def _layer_digests(layers: list[LayerFiles]) -> Iterator[tuple[int, str]]:
             yield position, digest
 
 
-def _layer_members(checked: CheckedStream, media_type: str) -> Iterator[tuple[str, BinaryIO]]:
-    """(member name, stream) for each regular file of a compressed layer tar."""
-    blob = cast(IO[bytes], checked)
-    if media_type.endswith("+zstd"):
-        import zstandard
-
-        decompressed: IO[bytes] = zstandard.ZstdDecompressor().stream_reader(blob)
-    elif media_type.endswith("+gzip"):
-        import gzip
-
-        decompressed = cast(IO[bytes], gzip.GzipFile(fileobj=blob, mode="rb"))
-    else:
-        raise RegistryError(f"layer media type {media_type!r} is not one warmer writes")
-    try:
-        with tarfile.open(fileobj=decompressed, mode="r|") as tar:
-            for info in tar:
-                if info.isreg():
-                    stream = tar.extractfile(info)
-                    if stream is not None:
-                        yield info.name, cast(BinaryIO, stream)
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        raise RegistryError(f"a layer is not a readable tar: {exc}") from exc
-    except Exception as exc:
-        if "zstd" not in type(exc).__name__.lower():
-            raise
-        raise RegistryError(f"a layer does not decompress: {exc}") from exc
+def layer_members(
+    blob: CheckedStream, layer: LayerFiles, reference: Reference | str
+) -> Iterator[TarMember]:
+    """Each member of a layer warmer pushed, read by the strict reader of bundles: anything
+    else (a link, a device, an unsafe name, a bad header) is a BundleError naming the layer."""
+    if layer.media_type not in _FORMATS:
+        raise RegistryError(
+            f"{reference}: layer media type {layer.media_type!r} is not one warmer writes"
+        )
+    stream = decompressing(cast(IO[bytes], blob), _FORMATS[layer.media_type])
+    yield from TarReader(stream, f"{reference}: layer {layer.digest}", kind="layer").members()
 
 
 def pull_ref(
