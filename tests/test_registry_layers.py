@@ -18,8 +18,8 @@ import pytest
 from helpers.registry import synthetic
 
 from warmer.bundle import compressed_writer
-from warmer.errors import BundleError
-from warmer.oci import CheckedStream, Reference
+from warmer.errors import BundleError, RegistryError
+from warmer.oci import Reference
 from warmer.registry import (
     _COMPRESSION,
     LAYER_TYPES,
@@ -31,13 +31,14 @@ from warmer.registry import (
     layer_members,
 )
 from warmer.store import Store
+from warmer.store.digests import VerifiedStream
 
 REFERENCE = Reference.parse("127.0.0.1:5055/team/x:t")
 
 
-def blob(data: bytes) -> CheckedStream:
+def blob(data: bytes) -> VerifiedStream:
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
-    return CheckedStream(io.BytesIO(data), digest, len(data), str(REFERENCE))
+    return VerifiedStream(io.BytesIO(data), digest, len(data), f"{REFERENCE}: blob", RegistryError)
 
 
 def layer_of(data: bytes, form: Form, files: list[tuple[str, str, int]]) -> LayerFiles:
@@ -117,7 +118,7 @@ def test_a_hostile_layer_is_refused_naming_it_and_nothing_is_stored(
         reference = REFERENCE
 
         @contextlib.contextmanager
-        def open_blob(self, digest: str, size: int) -> Iterator[CheckedStream]:
+        def open_blob(self, digest: str, size: int) -> Iterator[VerifiedStream]:
             assert digest == layer.digest
             yield blob(layer_bytes)
 

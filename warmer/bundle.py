@@ -20,10 +20,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, BinaryIO, Literal, Protocol, cast
+from typing import IO, TYPE_CHECKING, BinaryIO, Literal, cast
 
 from warmer.errors import BundleError, UsageError
 from warmer.files import atomic_file
+from warmer.store.digests import Readable, VerifiedStream
 from warmer.store.manifest import MAX_MANIFEST_BYTES, FileEntry, Manifest
 
 if TYPE_CHECKING:
@@ -211,63 +212,20 @@ class BundleReader:
         self._tar.finish()
 
 
-class _Readable(Protocol):
-    def read(self, size: int = -1, /) -> bytes: ...
+class VerifiedReader(VerifiedStream):
+    """Reads one file of a manifest (a bundle member, a store object) while hashing it;
+    `finish()` checks size and blake3 against its entry (a BundleError naming both)."""
 
-
-class VerifiedReader(io.RawIOBase):
-    """Reads one member while hashing it; `finish()` checks size and blake3."""
-
-    def __init__(self, stream: _Readable, entry: FileEntry, bundle: Path) -> None:
-        import blake3
-
-        self._stream, self.entry, self._bundle = stream, entry, bundle
-        self._hasher = blake3.blake3()
-        self._seen = 0
-        self._finished = False
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
-        data = self._take(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
-
-    def read_all(self) -> bytes:
-        """The whole member, verified: one read and one hash update (not 8 KiB at a time)."""
-        data = self._take(self.entry.size - self._seen) if self._seen < self.entry.size else b""
-        self.finish()
-        return data
-
-    def _take(self, size: int) -> bytes:
-        try:
-            data = self._stream.read(size)
-        except BundleError:
-            raise
-        except Exception as exc:  # gzip's EOFError, zstandard's errors, OSError
-            raise BundleError(
-                f"{self._bundle}: {self.entry.path}: corrupt or truncated bundle ({exc})"
-            ) from None
-        self._hasher.update(data)
-        self._seen += len(data)
-        return data
-
-    def finish(self) -> None:
-        """Drain what is left and raise BundleError when the bytes differ from the manifest."""
-        if self._finished:
-            return
-        while self._take(_CHUNK):
-            pass
-        self._finished = True
-        digest = "blake3:" + self._hasher.hexdigest()
-        if self._seen != self.entry.size:
-            raise BundleError(f"{self._bundle}: {self.entry.path}: truncated member")
-        if digest != self.entry.digest:
-            raise BundleError(
-                f"{self._bundle}: {self.entry.path}: content does not match the manifest "
-                f"(blake3 {digest[7:19]}…, expected {self.entry.digest[7:19]}…)"
-            )
+    def __init__(self, stream: Readable, entry: FileEntry, bundle: Path) -> None:
+        super().__init__(
+            stream,
+            entry.digest,
+            entry.size,
+            f"{bundle}: {entry.path}",
+            BundleError,
+            against="the manifest",
+        )
+        self.entry = entry
 
 
 _BLOCK = 512

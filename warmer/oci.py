@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from warmer.errors import RegistryError, RegistryRefused, RegistryUnreachable, UsageError
+from warmer.store.digests import VerifiedStream
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -318,12 +319,19 @@ class Registry:
         return True
 
     @contextlib.contextmanager
-    def open_blob(self, digest: str, size: int) -> Iterator[CheckedStream]:
+    def open_blob(self, digest: str, size: int) -> Iterator[VerifiedStream]:
         """A stream of the blob that raises RegistryError at its end if size or sha256 differ."""
         response = self._request("GET", f"/v2/{self.repository}/blobs/{digest}", stream=True)
         try:
             response.raw.decode_content = False
-            yield CheckedStream(response.raw, digest, size, str(self.reference))
+            yield VerifiedStream(
+                response.raw,
+                digest,
+                size,
+                f"{self.reference}: blob {digest}",
+                RegistryError,
+                hint="corrupt in the registry or in transit",
+            )
         finally:
             response.close()
 
@@ -461,42 +469,3 @@ def _refusal(response: Any, method: str, reference: Reference) -> RegistryError:
 
 
 _LOGIN_HINT = "run `docker login`, or set WARMER_REGISTRY_USERNAME and WARMER_REGISTRY_PASSWORD"
-
-
-class CheckedStream:
-    """Reads a blob while hashing it; at EOF compares size and sha256 with the descriptor."""
-
-    def __init__(self, raw: IO[bytes], digest: str, size: int, where: str) -> None:
-        self._raw, self._digest, self._size, self._where = raw, digest, size, where
-        self._hash = hashlib.sha256()
-        self._seen = 0
-        self._checked = False
-
-    def read(self, n: int = -1) -> bytes:
-        if n is None or n < 0:
-            chunks = []
-            while chunk := self.read(_CHUNK):
-                chunks.append(chunk)
-            return b"".join(chunks)
-        data = self._raw.read(n)
-        if data:
-            self._hash.update(data)
-            self._seen += len(data)
-            if self._seen > self._size:
-                raise RegistryError(
-                    f"{self._where}: blob {self._digest} is longer than its descriptor"
-                )
-        elif not self._checked:
-            self._checked = True
-            actual = "sha256:" + self._hash.hexdigest()
-            if self._seen != self._size or actual != self._digest:
-                raise RegistryError(
-                    f"{self._where}: blob {self._digest} does not match its digest "
-                    f"({self._seen} bytes, sha256 {actual[7:19]}…): "
-                    "corrupt in the registry or in transit"
-                )
-        return data
-
-    def drain(self) -> None:
-        while self.read(_CHUNK):
-            pass

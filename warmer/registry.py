@@ -44,13 +44,13 @@ from warmer.envkey import EnvKey, compare
 from warmer.errors import BundleError, RegistryError, RegistryRefused, UsageError
 from warmer.oci import (
     OCI_MANIFEST,
-    CheckedStream,
     Reference,
     Registry,
     sanitize_repository,
     sanitize_tag,
 )
 from warmer.store import SnapshotInfo, Store
+from warmer.store.digests import VerifiedStream, mismatch
 from warmer.store.manifest import FileEntry, Manifest
 from warmer.units import format_size
 
@@ -620,15 +620,13 @@ def _fetch(
                         continue
                     got, _size = store.put_stream(cast(BinaryIO, member), None)
                     if got != digest:
-                        raise RegistryError(
-                            f"{published.reference}: {path} in layer {layer.digest[7:19]} does "
-                            f"not match its blake3 ({got[7:19]}…, expected {digest[7:19]}…)"
-                        )
+                        where = f"{published.reference}: layer {layer.digest}: {path}"
+                        raise RegistryError(mismatch(where, got, digest, "the manifest"))
                     need.discard(digest)
             except (RegistryError, BundleError):
-                blob.drain()  # a blob that fails its sha256 is the better explanation
+                blob.finish()  # a blob that fails its sha256 is the better explanation
                 raise
-            blob.drain()
+            blob.finish()
         if need:
             raise RegistryError(
                 f"{published.reference}: layer {layer.digest} lacks {len(need)} file(s) its "
@@ -650,7 +648,7 @@ def _layer_digests(layers: list[LayerFiles]) -> Iterator[tuple[int, str]]:
 
 
 def layer_members(
-    blob: CheckedStream, layer: LayerFiles, reference: Reference | str
+    blob: VerifiedStream, layer: LayerFiles, reference: Reference | str
 ) -> Iterator[TarMember]:
     """Each member of a layer warmer pushed, read by the strict reader of bundles: anything
     else (a link, a device, an unsafe name, a bad header) is a BundleError naming the layer."""
