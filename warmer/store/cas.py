@@ -20,9 +20,10 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 from warmer.errors import StoreError
+from warmer.store.digests import hasher
 
 ALGORITHM = "blake3"
 TEMP_PREFIX = ".tmp-"
@@ -42,28 +43,22 @@ def is_digest(value: object) -> bool:
     return isinstance(value, str) and bool(_DIGEST_RE.match(value))
 
 
-def _hasher() -> Any:
-    from blake3 import blake3  # imported here so that manifests and the CLI load fast
-
-    return blake3()
-
-
 def digest_bytes(data: bytes) -> str:
     """`blake3:<hex>` of `data`."""
-    hasher = _hasher()
-    hasher.update(data)
-    return f"{ALGORITHM}:{hasher.hexdigest()}"
+    hashing = hasher(ALGORITHM)
+    hashing.update(data)
+    return f"{ALGORITHM}:{hashing.hexdigest()}"
 
 
 def digest_file(path: Path) -> tuple[str, int]:
     """`(blake3:<hex>, size)` of the file at `path`, read in chunks."""
-    hasher = _hasher()
+    hashing = hasher(ALGORITHM)
     size = 0
     with open(path, "rb") as source:
         while chunk := source.read(_CHUNK):
-            hasher.update(chunk)
+            hashing.update(chunk)
             size += len(chunk)
-    return f"{ALGORITHM}:{hasher.hexdigest()}", size
+    return f"{ALGORITHM}:{hashing.hexdigest()}", size
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -147,14 +142,14 @@ class ObjectStore:
 
         def copy(fd: int) -> str:
             nonlocal written
-            hasher = _hasher()
+            hashing = hasher(ALGORITHM)
             while chunk := stream.read(_CHUNK if size is None else min(_CHUNK, size - written)):
-                hasher.update(chunk)
+                hashing.update(chunk)
                 _write_all(fd, chunk)
                 written += len(chunk)
             if size is not None and written != size:
                 raise StoreError(f"stream ended after {written} of {size} bytes")
-            return f"{ALGORITHM}:{hasher.hexdigest()}"
+            return f"{ALGORITHM}:{hashing.hexdigest()}"
 
         # The digest is known only at the end: the temp goes to any shard, publish moves it.
         digest = self._write(os.path.join(self._root, secrets.token_hex(1)), copy, unseen=False)
