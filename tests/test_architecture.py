@@ -36,6 +36,7 @@ ORDER = (
     "config",
     "sqlite",
     "files",
+    "progress",
     "caches",
     "spec",
     "agent",
@@ -55,7 +56,7 @@ ORDER = (
     "tracking",
     "cli",
 )
-HELPERS = {"errors", "units", "config", "sqlite", "files"}
+HELPERS = {"errors", "units", "config", "sqlite", "files", "progress"}
 #: Units that may import any other (the command line, and the lazy public API).
 TOP = {"cli", "__init__"}
 #: What the agent's engines import inside their functions, from the user's image.

@@ -3,7 +3,9 @@ one by one, and every failure leaving the target exactly as it was."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers.bundles import make_manifest, manifest_member, member, opener, raw_tar
@@ -146,8 +148,8 @@ def test_a_directory_made_meanwhile_by_another_restore_is_merged(
     root = tmp_path / "root"
     partly_there(root)
 
-    def meanwhile(done: int, *_: int) -> None:
-        if done == 2:  # B/sub/z.json has just been staged, in a twin of B
+    def meanwhile(kind: str, data: Mapping[str, Any]) -> None:
+        if data["files"] == 2:  # B/sub/z.json has just been staged, in a twin of B
             (root / "cache/B/sub").mkdir(parents=True)
             (root / "cache/B/theirs").write_bytes(b"written by the other restore")
 

@@ -12,8 +12,8 @@ index is one connection serialised by a lock, commits are single transactions, a
 are written to temp files and renamed. Bundles go to one directory under distinct names.
 
 A plain `warmer run` (one runtime: docker, podman or local) is the same loop over one
-host of one slot (`FanOut.single`): the runtime is the one already connected, the loop runs
-on the calling thread, labels carry no host, and an error that is not a job's failure
+host of one slot (`FanOut(runtime, …)`): the runtime is the one already connected, the loop
+runs on the calling thread, labels carry no host, and an error that is not a job's failure
 propagates as it would from the runner.
 
 A failure stays with its host. An engine that does not answer at the start fails that
@@ -38,7 +38,8 @@ from typing import TYPE_CHECKING, Any
 from warmer.bundle import Format
 from warmer.config import BACKENDS, HostConfig
 from warmer.errors import JobFailed, UsageError, WarmerError
-from warmer.runner import EventHandler, JobResult, Runner
+from warmer.progress import Progress, silent
+from warmer.runner import JobResult, Runner
 from warmer.runtimes.base import STOP_GRACE_S, TAIL_LINES
 from warmer.spec import Job
 from warmer.store import Store
@@ -276,7 +277,7 @@ class _HostRun:
                 return
         self._finish(outcome)
 
-    def _events(self, tail: collections.deque[str]) -> EventHandler:
+    def _events(self, tail: collections.deque[str]) -> Progress:
         """Events relabelled `job@host`; log lines also kept for a failure without a tail."""
         on_event = self.fanout.on_event
 
@@ -324,57 +325,38 @@ def _describe(exc: BaseException) -> str:
 class FanOut:
     """Runs jobs over hosts into one store and one output directory (see the module doc).
 
-    `on_event` gets the runner's events with `job` set to `NAME@HOST`; `on_done` gets each
+    `hosts` is the hosts to connect to, or one runtime (a plain `warmer run`: docker, podman
+    or local), whose queue is `{runtime.name: jobs}`.
+
+    `on_event` gets the runner's events with `job` set to `NAME@HOST` (the job's name for a
+    single runtime); `on_done` gets each
     job's outcome as it ends (the place to push a bundle), one call at a time, on the
     host's thread: it must not raise.
     """
 
     def __init__(
         self,
-        hosts: Sequence[HostConfig],
+        hosts: Sequence[HostConfig] | Runtime,
         store: Store,
         out: Path,
         *,
         fmt: Format = "zst",
         verify: bool = False,
-        on_event: EventHandler | None = None,
+        on_event: Progress | None = None,
         on_done: DoneHandler | None = None,
-        runtime: Runtime | None = None,
     ) -> None:
-        self.hosts = list(hosts)
-        #: the one runtime of a plain `warmer run` (see `single`); None: connect to each host
-        self.runtime = runtime
+        #: the one runtime of a plain `warmer run`, connected and swept by the caller: one
+        #: host of one slot named after it, run on the calling thread; None: `hosts`
+        self.runtime: Runtime | None = None
+        if isinstance(hosts, Sequence):
+            self.hosts = list(hosts)
+        else:
+            self.runtime, self.hosts = hosts, [HostConfig(hosts.name, hosts.name)]
         self.store, self.out, self.fmt, self.verify = store, out, fmt, verify
-        self.on_event: EventHandler = on_event or (lambda kind, data: None)
+        self.on_event: Progress = on_event or silent
         self._on_done = on_done or (lambda outcome: None)
         self._done_lock = threading.Lock()
         self.cancelled = threading.Event()
-
-    @classmethod
-    def single(
-        cls,
-        runtime: Runtime,
-        store: Store,
-        out: Path,
-        *,
-        fmt: Format = "zst",
-        verify: bool = False,
-        on_event: EventHandler | None = None,
-        on_done: DoneHandler | None = None,
-    ) -> FanOut:
-        """A plain `warmer run`: one host of one slot that is `runtime` (connected and swept
-        by the caller), named after it; `run({runtime.name: jobs})` runs on this thread."""
-        host = HostConfig(runtime.name, runtime.name)
-        return cls(
-            [host],
-            store,
-            out,
-            fmt=fmt,
-            verify=verify,
-            on_event=on_event,
-            on_done=on_done,
-            runtime=runtime,
-        )
 
     def run(self, queues: Mapping[str, Sequence[Job]]) -> list[HostOutcome]:
         """Run each host's queue (`assign` makes them) and return each host's outcome, in

@@ -27,11 +27,9 @@ from warmer.caches import (
     rewrite_group,
 )
 from warmer.envkey import EnvKey
+from warmer.progress import Progress
 from warmer.store import SnapshotInfo, Store
 from warmer.store.manifest import FileEntry, Manifest
-
-#: progress(files_done, bytes_done)
-Progress = Callable[[int, int], None]
 
 #: One put thread per core (at most 8): puts are short and release the GIL at every system
 #: call, so more threads than cores spend their time handing the GIL over (on 2 cores, 8
@@ -111,7 +109,7 @@ def collect_host_files(
             done[0] += 1
             done[1] += entry.size
             if progress:
-                progress(done[0], done[1])
+                progress("files", {"files": done[0], "bytes": done[1]})
     return harvest
 
 
@@ -153,7 +151,7 @@ def collect_stream(
             FileEntry(path=recorded, kind=kind, digest=digest, size=size, mode=mode & 0o777)
         )
         if progress:
-            progress(len(harvest.entries), harvest.size)
+            progress("files", {"files": len(harvest.entries), "bytes": harvest.size})
     return harvest
 
 

@@ -22,7 +22,7 @@ import shutil
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,6 +31,7 @@ from warmer.bundle import VerifiedReader, open_bundle
 from warmer.caches import is_triton_group, relocate, rewrite_group
 from warmer.envkey import EnvKey, compare
 from warmer.errors import BundleError, EnvMismatch, UsageError, WarmerError
+from warmer.progress import Progress
 from warmer.sources import in_store, is_bundle
 from warmer.store.cas import digest_file
 from warmer.store.manifest import FileEntry, Manifest
@@ -43,8 +44,6 @@ if TYPE_CHECKING:
 _IN_MEMORY = 16 << 20
 #: At most this many bytes wait in memory for the writer threads.
 _IN_FLIGHT_BYTES = 256 << 20
-#: progress(files_done, bytes_done, files_total, bytes_total)
-RestoreProgress = Callable[[int, int, int, int], None]
 
 
 @dataclass(frozen=True)
@@ -100,7 +99,7 @@ def restore(
     dry_run: bool = False,
     mapping: Mapping[str, str] | None = None,
     check_env: bool = True,
-    progress: RestoreProgress | None = None,
+    progress: Progress | None = None,
 ) -> RestoreReport:
     """Install what `source` names under `root` (see the module docstring): a bundle file,
     or a snapshot of `store` (default: the configured store) that a store ref or a registry
@@ -163,7 +162,7 @@ def _install(
     dry_run: bool,
     mapping: Mapping[str, str] | None,
     check_env: bool,
-    progress: RestoreProgress | None,
+    progress: Progress | None,
 ) -> RestoreReport:
     mapping = dict(mapping or {})
     root_dir = os.path.abspath(root)
@@ -205,7 +204,10 @@ def _install(
                 bytes_written += entry.size
             done_bytes += entry.size
             if progress:
-                progress(index, done_bytes, total_files, total_bytes)
+                counts = {"files": index, "bytes": done_bytes}
+                progress(
+                    "files", {**counts, "files_total": total_files, "bytes_total": total_bytes}
+                )
         if installer is not None:
             written, bytes_written, identical = installer.commit()
             skipped += identical

@@ -16,7 +16,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from warmer.caches import CacheRoot, Facts, default_roots, relocate, select, wri
 from warmer.envkey import EnvKey
 from warmer.errors import JobFailed, UsageError
 from warmer.harvest import Harvest, collect_stream, snapshot
+from warmer.progress import Progress, silent
 from warmer.runtimes.base import AGENT_PACKAGE_TARGET, ContainerSpec, Mount, RunOutcome, Runtime
 from warmer.spec import Job
 from warmer.store import Store
@@ -55,10 +56,6 @@ def _is_noise(path: str, tmpdir: str) -> bool:
     """A path a container writes that is no cache nor worth listing as left out."""
     directory, name = os.path.split(path)
     return path.startswith(_NOISE) or (directory == tmpdir and bool(_IPC_SOCKET.fullmatch(name)))
-
-
-#: on_event(kind, data): "line" (a log line), "progress" (agent progress), "phase" (a step)
-EventHandler = Callable[[str, Mapping[str, Any]], None]
 
 
 @dataclass
@@ -179,10 +176,11 @@ class Runner:
         out: Path,
         *,
         fmt: Format = "zst",
-        on_event: EventHandler | None = None,
+        on_event: Progress | None = None,
     ) -> None:
         self.runtime, self.store, self.out, self.fmt = runtime, store, out, fmt
-        self.on_event = on_event or (lambda kind, data: None)
+        #: "phase", "line" and "progress" reports (warmer.progress)
+        self.on_event = on_event or silent
 
     def run(self, job: Job, *, verify: bool = False) -> JobResult:
         """Warm `job` up, harvest, optionally verify, then commit and export (see module doc)."""

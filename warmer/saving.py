@@ -14,7 +14,8 @@ from warmer.bundle import Format, write_bundle
 from warmer.caches import CacheRoot, Facts, default_roots, select
 from warmer.envkey import EnvKey
 from warmer.errors import UsageError
-from warmer.harvest import Harvest, Progress, collect_host_files, snapshot, walk_roots
+from warmer.harvest import Harvest, collect_host_files, snapshot, walk_roots
+from warmer.progress import Progress
 from warmer.store import SnapshotInfo, Store
 from warmer.store.manifest import Manifest
 

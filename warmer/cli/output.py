@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -64,12 +64,47 @@ def table(
     sys.stdout.flush()
 
 
+class ProgressPrinter:
+    """Prints every kind of `warmer.progress` report on stderr, one printer for all commands:
+    where a job starts (with `starts`), its log lines (unless `quiet`), the agent's progress,
+    its phases; `files` counts move the bar of `progress_bar` (nothing without one)."""
+
+    def __init__(
+        self,
+        *,
+        quiet: bool = False,
+        starts: bool = True,
+        bar: Callable[[Mapping[str, Any]], None] | None = None,
+    ) -> None:
+        self.quiet, self.starts, self.bar = quiet, starts, bar
+
+    def __call__(self, kind: str, data: Mapping[str, Any]) -> None:
+        job = data.get("job")
+        if kind == "start" and self.starts:
+            console.print(start_line(data))
+        elif kind == "line" and not self.quiet:
+            console.print(f"[{job}] | {data['line']}")
+        elif kind == "progress":
+            where = f" {data['i']}/{data['n']}" if "i" in data and "n" in data else ""
+            console.print(f"[{job}] {data.get('step', '')}{where}")
+        elif kind == "phase":
+            console.print(f"[{job}] {data['phase']}…")
+        elif kind == "files" and self.bar is not None:
+            self.bar(data)
+
+
+def start_line(data: Mapping[str, Any]) -> str:
+    """`[JOB] WHERE: IMAGE (ENGINE, BACKEND)`: a `start` report as printed."""
+    what = f"{data['image'] or 'this host'} ({data['engine']}, {data['backend']})"
+    return f"[{data['job']}] {data['where']}: {what}"
+
+
 @contextmanager
-def progress_bar(description: str) -> Iterator[Callable[..., None]]:
-    """A transient progress line on stderr; yields `update(files, bytes, files_total=None,
-    bytes_total=None)`. Silent when stderr is not a terminal (CI logs stay readable)."""
+def progress_bar(description: str) -> Iterator[ProgressPrinter]:
+    """A transient progress line on stderr, moved by the `files` reports of the printer it
+    yields. Silent when stderr is not a terminal (CI logs stay readable)."""
     if not console.is_terminal:
-        yield lambda *args: None
+        yield ProgressPrinter()
         return
     columns = (
         TextColumn("{task.description}"),
@@ -81,9 +116,8 @@ def progress_bar(description: str) -> Iterator[Callable[..., None]]:
     with Progress(*columns, console=console, transient=True) as bar:
         task = bar.add_task(description, total=None, files=0)
 
-        def update(
-            files: int, done: int, files_total: int | None = None, total: int | None = None
-        ) -> None:
-            bar.update(task, completed=done, total=total, files=files)
+        def update(data: Mapping[str, Any]) -> None:
+            total = data.get("bytes_total")
+            bar.update(task, completed=data["bytes"], total=total, files=data["files"])
 
-        yield update
+        yield ProgressPrinter(bar=update)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from warmer.cli.options import current_settings, json_option, store_option
-from warmer.cli.output import console, emit_json, table
+from warmer.cli.output import ProgressPrinter, console, emit_json, start_line, table
 from warmer.errors import JobFailed, RegistryError
 from warmer.units import format_duration, format_size
 
@@ -129,8 +129,8 @@ def run(
             console.print(f"removed {swept} leftover container(s) of an earlier crashed run")
         opened = Store(store)
         ended = _Ended(opened, pusher, with_host=False)
-        printer = _EventPrinter(quiet, starts=True)
-        fanout = FanOut.single(engine, opened, out, on_event=printer, on_done=ended, **options)
+        printer = ProgressPrinter(quiet=quiet)
+        fanout = FanOut(engine, opened, out, on_event=printer, on_done=ended, **options)
         queues = {engine.name: list(jobs)}
     outcomes = fanout.run(queues)
     results = [ended.entries[job.name] for job in jobs]
@@ -163,9 +163,9 @@ def _fan_out(
     queues = assign(jobs, hosts)
     for host in hosts:
         for job in queues[host.name]:
-            what = _what(job.image, job.engine.kind, job.backend)
-            console.print(f"[{job.name}@{host.name}] {host.url}: {what}")
-    printer = _EventPrinter(quiet)
+            where = {"job": f"{job.name}@{host.name}", "where": host.url, "image": job.image}
+            console.print(start_line({**where, "engine": job.engine.kind, "backend": job.backend}))
+    printer = ProgressPrinter(quiet=quiet, starts=False)  # the plan above said where
     fanout = FanOut(hosts, store, out, fmt=fmt, verify=verify, on_event=printer, on_done=ended)
     return fanout, queues
 
@@ -186,10 +186,6 @@ class _Ended:
         self.entries[name] = {**entry, "host": outcome.host} if self.with_host else entry
         if self.pusher and outcome.result is not None:
             self.entries[name]["push"] = self.pusher(self.store, outcome.result)
-
-
-def _what(image: str | None, engine: str, backend: str) -> str:
-    return f"{image or 'this host'} ({engine}, {backend})"
 
 
 def _entry(
@@ -289,27 +285,6 @@ class _Pusher:
             f"({format_size(report.bytes_sent)} sent, {report.layers_reused} layers reused)"
         )
         return report.to_dict()
-
-
-class _EventPrinter:
-    """Streams the warm-up to stderr: log lines (unless quiet), agent progress, phases."""
-
-    def __init__(self, quiet: bool, *, starts: bool = False) -> None:
-        # starts: say where each job runs as it starts (a fan-out prints its plan up front)
-        self.quiet, self.starts = quiet, starts
-
-    def __call__(self, kind: str, data: Mapping[str, Any]) -> None:
-        job = data.get("job")
-        if kind == "start" and self.starts:
-            what = _what(data["image"], data["engine"], data["backend"])
-            console.print(f"[{job}] {data['where']}: {what}")
-        elif kind == "line" and not self.quiet:
-            console.print(f"[{job}] | {data['line']}")
-        elif kind == "progress":
-            where = f" {data['i']}/{data['n']}" if "i" in data and "n" in data else ""
-            console.print(f"[{job}] {data.get('step', '')}{where}")
-        elif kind == "phase":
-            console.print(f"[{job}] {data['phase']}…")
 
 
 def _summary(results: list[dict[str, Any]], *, with_host: bool = False) -> None:
