@@ -11,6 +11,8 @@ the kinds below; a consumer ignores the kinds it does not know.
 - `progress`, the agent's own progress (runner): `job`, `step`, `i` and `n` when it counts
 - `files`, files handled (harvest, save, restore): `files`, `bytes`; `files_total` and
   `bytes_total` when known
+- `layer`, a registry layer uploaded, reused or fetched (push, pull): `detail`
+- `tag`, a tag picked or passed over by `--auto` (pull): `detail`
 
 `job` is the job's name, `NAME@HOST` in a fan-out over hosts.
 """

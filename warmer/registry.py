@@ -25,7 +25,7 @@ import platform
 import tarfile
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import IO, Any, BinaryIO, Literal, cast
@@ -49,6 +49,7 @@ from warmer.oci import (
     sanitize_repository,
     sanitize_tag,
 )
+from warmer.progress import Progress, silent
 from warmer.store import SnapshotInfo, Store
 from warmer.store.digests import VerifiedStream, mismatch
 from warmer.store.manifest import FileEntry, Manifest
@@ -76,9 +77,6 @@ _BASE_CANDIDATES = 10
 _WORKERS = 4
 #: Tags a "no such tag" error lists.
 _TAGS_SHOWN = 10
-
-#: progress(step, detail): "layer" (uploaded/reused/fetched), "tag" (auto selection)
-Progress = Callable[[str, str], None]
 
 
 @dataclass
@@ -310,7 +308,7 @@ def push(
     reference = target.with_tag(tag)
     base_published = _find_base(registry, tag, base, manifest, form)
     plan = plan_layers(manifest, base_published.layers if base_published else [], form)
-    say = progress or (lambda _step, _detail: None)
+    say = progress or silent
     layers: list[LayerFiles] = []
     uploaded = reused = 0
 
@@ -335,7 +333,7 @@ def push(
             uploaded += sent
             state = "reused" if is_reused else ("uploaded" if sent else "already there")
             size = format_size(layer.size)
-            say("layer", f"{number}/{len(plan)} {state} {layer.digest[7:19]} ({size})")
+            say("layer", {"detail": f"{number}/{len(plan)} {state} {layer.digest[7:19]} ({size})"})
     config = _config_blob(form, manifest, layers)
     config_digest = "sha256:" + hashlib.sha256(config).hexdigest()
     registry.upload_blob(config, config_digest, len(config))
@@ -559,15 +557,15 @@ def pull(
 ) -> PullReport:
     """Copy a published bundle into `store`, checking every blob's sha256 and file's blake3."""
     registry = Registry(source, insecure=insecure)
-    say = progress or (lambda _step, _detail: None)
+    say = progress or silent
     passed: list[dict[str, Any]] = []
     if auto:
         if source.tag or source.digest:
             raise UsageError(f"{source}: --auto picks the tag itself; name only REGISTRY/REPO")
         tag, passed = select_tag(registry)
-        say("tag", f"picked {tag} (matches this machine)")
+        say("tag", {"detail": f"picked {tag} (matches this machine)"})
         for item in passed:
-            say("tag", f"passed over {item['tag']}: {'; '.join(item['reasons'])}")
+            say("tag", {"detail": f"passed over {item['tag']}: {'; '.join(item['reasons'])}"})
         wanted = tag
     else:
         wanted = source.digest or source.tag or ""
@@ -632,7 +630,7 @@ def _fetch(
                 f"{published.reference}: layer {layer.digest} lacks {len(need)} file(s) its "
                 "record lists"
             )
-        say("layer", f"fetched {layer.digest[7:19]} ({format_size(layer.size)})")
+        say("layer", {"detail": f"fetched {layer.digest[7:19]} ({format_size(layer.size)})"})
         return layer.size
 
     with ThreadPoolExecutor(min(_WORKERS, len(plan))) as pool:

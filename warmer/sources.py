@@ -21,6 +21,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from warmer.progress import Progress
+
 if TYPE_CHECKING:
     from warmer.registry import PullReport
     from warmer.store import SnapshotInfo, Store
@@ -29,8 +31,6 @@ if TYPE_CHECKING:
 #: Names that are bundles even when no such file exists.
 BUNDLE_SUFFIXES = (".tar.zst", ".tar.gz", ".tar")
 
-#: progress(step, detail) while a registry is read.
-Progress = Callable[[str, str], None]
 #: A line for the user (the cold tier says when it is consulted).
 Note = Callable[[str], None]
 

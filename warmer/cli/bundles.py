@@ -7,8 +7,8 @@ from pathlib import Path
 import click
 
 from warmer.cli.options import current_settings, json_option, store_option
-from warmer.cli.output import console, emit_json, progress_bar
-from warmer.cli.registry import insecure_option, say
+from warmer.cli.output import ProgressPrinter, console, emit_json, progress_bar
+from warmer.cli.registry import insecure_option
 from warmer.units import format_size
 
 FORMAT_CHOICE = click.Choice(["zst", "gz"])
@@ -178,7 +178,12 @@ def restore(
     else:
         with Store(store) as opened:
             info = in_store(
-                opened, source, auto=auto, insecure=insecure, progress=say, note=console.print
+                opened,
+                source,
+                auto=auto,
+                insecure=insecure,
+                progress=ProgressPrinter(),
+                note=console.print,
             )[0]
             with progress_bar("restoring") as update:
                 report = restore_bundle(info.ref, store=opened, progress=update, **options)  # type: ignore[arg-type]

@@ -67,7 +67,8 @@ def table(
 class ProgressPrinter:
     """Prints every kind of `warmer.progress` report on stderr, one printer for all commands:
     where a job starts (with `starts`), its log lines (unless `quiet`), the agent's progress,
-    its phases; `files` counts move the bar of `progress_bar` (nothing without one)."""
+    its phases, registry layers and tags; `files` counts move the bar of `progress_bar`
+    (nothing without one)."""
 
     def __init__(
         self,
@@ -91,6 +92,8 @@ class ProgressPrinter:
             console.print(f"[{job}] {data['phase']}…")
         elif kind == "files" and self.bar is not None:
             self.bar(data)
+        elif kind in ("layer", "tag"):
+            console.print(f"{kind}: {data['detail']}")
 
 
 def start_line(data: Mapping[str, Any]) -> str:

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 import click
 
 from warmer.cli.options import current_settings, json_option, store_option
-from warmer.cli.output import console, emit_json
+from warmer.cli.output import ProgressPrinter, console, emit_json
 from warmer.units import format_size
 
 F = TypeVar("F", bound=Callable[..., object])
@@ -23,11 +23,6 @@ def insecure_option(function: F) -> F:
         default=None,
         help="Allow plain HTTP to a non-loopback registry [default: $WARMER_REGISTRY_INSECURE].",
     )(function)
-
-
-def say(step: str, detail: str) -> None:
-    """Progress of a registry transfer, one line per step."""
-    console.print(f"{step}: {detail}")
 
 
 @click.command()
@@ -71,7 +66,9 @@ def push(
         if is_bundle(source):
             info = import_bundle(opened, Path(source))
         else:
-            info = in_store(opened, source, insecure=insecure, progress=say, note=console.print)[0]
+            info = in_store(
+                opened, source, insecure=insecure, progress=ProgressPrinter(), note=console.print
+            )[0]
         if explicit is not None:
             reference = explicit
         else:
@@ -88,7 +85,7 @@ def push(
             form="image" if as_image else "artifact",
             insecure=allow_insecure(insecure),
             base=base,
-            progress=None if as_json else say,
+            progress=None if as_json else ProgressPrinter(),
         )
     if as_json:
         emit_json(report.to_dict())
@@ -113,7 +110,9 @@ def pull(source: str, auto: bool, insecure: bool | None, store: Path | None, as_
     from warmer.store import Store
 
     with Store(store) as opened:
-        report = pull_source(opened, source, auto=auto, insecure=insecure, progress=say)
+        report = pull_source(
+            opened, source, auto=auto, insecure=insecure, progress=ProgressPrinter()
+        )
     if as_json:
         emit_json(report.to_dict())
         return
