@@ -26,11 +26,11 @@ from warmer.agent.report import parse_line
 from warmer.bundle import Format, write_bundle, write_tar
 from warmer.caches import CacheRoot, Facts, default_roots, relocate, select, write_proof
 from warmer.envkey import EnvKey
-from warmer.errors import JobFailed, UsageError
+from warmer.errors import JobFailed
 from warmer.harvest import Harvest, collect_stream, snapshot
 from warmer.progress import Progress, silent
 from warmer.runtimes.base import AGENT_PACKAGE_TARGET, ContainerSpec, Mount, RunOutcome, Runtime
-from warmer.spec import Job
+from warmer.spec import Job, require_images
 from warmer.store import Store
 from warmer.store.manifest import Manifest
 from warmer.units import parse_size
@@ -184,11 +184,7 @@ class Runner:
 
     def run(self, job: Job, *, verify: bool = False) -> JobResult:
         """Warm `job` up, harvest, optionally verify, then commit and export (see module doc)."""
-        if not job.image and self.runtime.name != "local":
-            raise UsageError(
-                f"job {job.name}: no `image`; add `image: NAME:TAG` (the image the caches are "
-                f"made for) to the job, or run it with --runtime local"
-            )
+        require_images([job], self.runtime.name)
         run_id = uuid.uuid4().hex[:12]
         timings: dict[str, float] = {}
         with staged(job, run_id) as spec:

@@ -805,6 +805,22 @@ def _entries(document: Any) -> Iterator[tuple[str, Any] | Problem]:
             yield prefix, _merge({"version": version, **defaults}, raw)
 
 
+def require_images(jobs: Sequence[Job], runtime: str, source: object = None) -> None:
+    """A container runtime starts each job's image: refuse the jobs that name none, saying
+    what to add (`source`, the job file, leads the message when known)."""
+    if runtime == "local":
+        return
+    missing = [job.name for job in jobs if not job.image]
+    if missing:
+        which = "job" if len(missing) == 1 else "jobs"
+        where = f"{source}: " if source is not None else ""
+        raise UsageError(
+            f"{where}{which} {', '.join(missing)}: `image` is required for a container runtime: "
+            "add `image: REPOSITORY:TAG` (a digest pin is best) to the job, or run it with "
+            "--runtime local"
+        )
+
+
 def load_jobs(path: Path | str, *, only: str | None = None) -> list[Job]:
     """Every job in a spec file, validated and matrix-expanded, in file order.
 

@@ -89,7 +89,7 @@ def run(
     from warmer.errors import UsageError
     from warmer.fanout import FanOut
     from warmer.runtimes import available_runtime, get_runtime
-    from warmer.spec import load_jobs
+    from warmer.spec import load_jobs, require_images
     from warmer.store import Store
 
     settings = current_settings()
@@ -105,15 +105,7 @@ def run(
         runtime = available_runtime()
         if runtime == "local":
             console.print("no container engine answers: running with the local runtime")
-    if runtime != "local":
-        missing_images = [job.name for job in jobs if not job.image]
-        if missing_images:
-            which = "job" if len(missing_images) == 1 else "jobs"
-            raise UsageError(
-                f"{job_file}: {which} {', '.join(missing_images)}: `image` is required for a "
-                "container runtime: add `image: REPOSITORY:TAG` (a digest pin is best) to the "
-                "job, or run it with --runtime local"
-            )
+    require_images(jobs, runtime or "docker", job_file)
     pusher = _Pusher(registry) if push else None
     with_host = hosts is not None
     options: dict[str, Any] = {"fmt": fmt, "verify": verify}
