@@ -158,12 +158,18 @@ def classify(path: str, roots: Sequence[CacheRoot]) -> str | None:
     The longest matching root wins, so Inductor's `triton/` subtree stays `inductor` only when
     no Triton root is nested inside it.
     """
+    root = _holding_root(path, roots)
+    return root.kind if root else None
+
+
+def _holding_root(path: str, roots: Sequence[CacheRoot]) -> CacheRoot | None:
+    """The longest root that holds `path` (see `classify`)."""
     best: CacheRoot | None = None
     for root in roots:
         prefix = root.path.rstrip("/") + "/"
         if path.startswith(prefix) and (best is None or len(root.path) > len(best.path)):
             best = root
-    return best.kind if best else None
+    return best
 
 
 def is_ignored(relpath: str) -> bool:
@@ -230,10 +236,10 @@ def compile_artifact(path: str, roots: Sequence[CacheRoot]) -> tuple[str, str] |
     The id is relative to the cache root, so the same artifact has the same id wherever the
     root lives. Inductor caches nested in vLLM's (`…/inductor_cache/…`) count as Inductor's.
     """
-    kind = classify(path, roots)
-    if kind is None:
+    root = _holding_root(path, roots)
+    if root is None:
         return None
-    root = max((r for r in roots if path.startswith(r.path.rstrip("/") + "/")), key=_length)
+    kind = root.kind
     relpath = path[len(root.path.rstrip("/")) + 1 :]
     if is_ignored(relpath):
         return None
@@ -245,10 +251,6 @@ def compile_artifact(path: str, roots: Sequence[CacheRoot]) -> tuple[str, str] |
     if kind == "triton":
         return ("triton", parts[0]) if len(parts) > 1 else None
     return (kind, parts[0])
-
-
-def _length(root: CacheRoot) -> int:
-    return len(root.path)
 
 
 def _vllm_artifact(parts: list[str]) -> tuple[str, str] | None:
