@@ -83,7 +83,7 @@ def _distribution_version(name: str) -> str | None:
         return None
 
 
-@functools.cache  # functools.cache is 3.9+: the image may be older
+@functools.lru_cache(maxsize=None)  # noqa: UP033 (functools.cache is 3.9+; images may be older)
 def _distributions_by_package() -> Mapping[str, list[str]]:
     """Import package -> the distributions that provide it; one scan of the installed
     distributions per process (Python >= 3.10; empty before)."""
