@@ -1,4 +1,5 @@
-"""Exceptions that carry their CLI exit code (0 ok, 1 unexpected, 2 usage, 3 job, 4 env).
+"""Exceptions that carry their CLI exit code (0 ok, 1 unexpected, 2 usage, 3 job, 4 env,
+5 nothing to restore for this environment, 130 interrupted).
 
 Commands raise these and never exit by themselves: `warmer.cli` maps them to exit codes.
 """
@@ -73,3 +74,11 @@ class EnvMismatch(WarmerError):
     def __init__(self, reasons: list[str]) -> None:
         self.reasons = reasons
         super().__init__("environment mismatch:\n  " + "\n  ".join(reasons))
+
+
+class NothingToRestore(WarmerError):
+    """Nothing exists yet for this environment (exit 5): no such tag, no tag matching this
+    environment with `--auto`, no such ref. Not an error for an init container or a server that
+    starts cold the first time, and distinct from a corrupt bundle (2) or a mismatch (4)."""
+
+    exit_code = 5

@@ -50,6 +50,7 @@ class LazyGroup(click.Group):
         return command
 
     def invoke(self, ctx: click.Context) -> object:
+        as_json = "--json" in [*ctx.protected_args, *ctx.args]
         try:
             return super().invoke(ctx)
         except WarmerError as exc:
@@ -58,10 +59,25 @@ class LazyGroup(click.Group):
             if log_tail:
                 click.echo("--- last lines of the log ---", err=True)
                 click.echo(log_tail.rstrip("\n"), err=True)
-            ctx.exit(exc.exit_code)
+            fail(ctx, str(exc), exc.exit_code, as_json)
         except OSError as exc:  # the machine's own: no space left, no permission, an I/O error
             click.echo(f"error: {exc}", err=True)
-            ctx.exit(1)
+            fail(ctx, str(exc), 1, as_json)
+        except (KeyboardInterrupt, click.exceptions.Abort):
+            # click turns Ctrl-C into Abort ("Aborted!", exit 1); the documented code is 130
+            click.echo("interrupted", err=True)
+            fail(ctx, "interrupted", 130, as_json)
+        raise AssertionError("unreachable")
+
+
+def fail(ctx: click.Context, message: str, exit_code: int, as_json: bool) -> None:
+    """Exit with `exit_code`; under `--json`, a script reading stdout gets the error as a
+    document (`{"error": …, "exit": N}`) instead of nothing."""
+    if as_json:
+        from warmer.cli.output import emit_json_error
+
+        emit_json_error(message, exit_code)
+    ctx.exit(exit_code)
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -71,7 +87,8 @@ def cli(ctx: click.Context) -> None:
     """Warm compile caches in a container, store them, ship them as bundles.
 
     Exit codes: 0 ok, 1 unexpected failure, 2 bad usage or invalid spec/bundle,
-    3 the warm-up job failed or timed out, 4 environment mismatch on restore.
+    3 the warm-up job failed or timed out, 4 environment mismatch on restore,
+    5 nothing to restore for this environment, 130 interrupted.
     """
     ctx.ensure_object(App)
 

@@ -20,12 +20,25 @@ console = Console(stderr=True, markup=False, highlight=False, soft_wrap=True)
 data_console = Console(markup=False, highlight=False, width=None if sys.stdout.isatty() else 4096)
 
 
+#: Whether this command printed its JSON document (a failure after it adds no second one).
+_json_emitted = False
+
+
 def emit_json(document: Any) -> None:
     """Print one JSON document on stdout and nothing else (indented only for a terminal:
     indenting switches Python to its slow pure-Python encoder)."""
+    global _json_emitted
+    _json_emitted = True
     indent = 2 if sys.stdout.isatty() else None
     sys.stdout.write(json.dumps(document, indent=indent, sort_keys=True, default=str) + "\n")
     sys.stdout.flush()
+
+
+def emit_json_error(message: str, exit_code: int) -> None:
+    """Under `--json`, a failure is a document too (`{"error": …, "exit": N}`), unless the
+    command already printed its own (a `verify` report that found problems)."""
+    if not _json_emitted:
+        emit_json({"error": message, "exit": exit_code})
 
 
 def ago(epoch: float) -> str:
