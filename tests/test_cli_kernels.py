@@ -164,7 +164,7 @@ def test_hits_from_real_tracking_drive_filters_and_sort(
 
 def test_prune_dry_run_prompt_and_ir_prune_keep_the_cache_working(triton_cache: Path) -> None:
     before = file_names(triton_cache)
-    dry = warmer_cli("prune", "--cache-dir", str(triton_cache), "--dry-run", "--json")
+    dry = warmer_cli("prune", "--cache-dir", str(triton_cache), "--all", "--dry-run", "--json")
     assert dry.exit_code == 0, dry.output
     plan = json.loads(dry.stdout)
     assert plan["mode"] == "ir" and plan["dry_run"] and plan["files"] == 24
@@ -176,11 +176,11 @@ def test_prune_dry_run_prompt_and_ir_prune_keep_the_cache_working(triton_cache: 
     assert plan["expected_freed"] == ir_bytes and plan["freed"] == 0
     assert file_names(triton_cache) == before
 
-    declined = warmer_cli("prune", "--cache-dir", str(triton_cache), stdin="n\n")
+    declined = warmer_cli("prune", "--cache-dir", str(triton_cache), "--all", stdin="n\n")
     assert declined.exit_code == 0 and "About to delete 24 files of 6 kernels" in declined.output
     assert "Proceed? [y/N]" in declined.output and file_names(triton_cache) == before
 
-    accepted = warmer_cli("prune", "--cache-dir", str(triton_cache), stdin="y\n")
+    accepted = warmer_cli("prune", "--cache-dir", str(triton_cache), "--all", stdin="y\n")
     assert accepted.exit_code == 0, accepted.output
     assert "Deleted 24 files of 6 kernels" in accepted.output
     assert not any(p.suffix in (".ttir", ".llir") for p in triton_cache.rglob("*"))
@@ -200,6 +200,21 @@ def test_full_prune_by_ids_from_ls_q(triton_cache: Path) -> None:
         (e["kernel"], e["target"]) for e in compile_triton(triton_cache) if not e["cache_hit"]
     }
     assert missed == {("add_kernel", "cuda:90"), ("add_kernel", "cuda:80")}
+
+
+def test_an_empty_selection_deletes_nothing(triton_cache: Path) -> None:
+    """`prune --full -y $(ls -q --older-than 30d)` with nothing that old: no ids, no filter."""
+    before = file_names(triton_cache)
+    ids = warmer_cli("ls", "--cache-dir", str(triton_cache), "-q", "--older-than", "30d").stdout
+    assert ids.split() == []
+    for extra in ([], ["--json"]):
+        empty = warmer_cli("prune", "--cache-dir", str(triton_cache), "--full", "-y", *extra)
+        assert empty.exit_code == 2 and "--all" in empty.output, empty.output
+    mixed = warmer_cli("prune", "--cache-dir", str(triton_cache), "--all", "--name", "add*", "-y")
+    assert mixed.exit_code == 2 and file_names(triton_cache) == before
+    everything = warmer_cli("prune", "--cache-dir", str(triton_cache), "--full", "--all", "-y")
+    assert everything.exit_code == 0, everything.output
+    assert ls_json(triton_cache) == []
 
 
 def test_dedupe_keeps_the_most_recently_used_identical_binary(
@@ -261,7 +276,7 @@ def test_prune_refuses_snapshots_bundles_and_unconfirmed_json(
     for target in (str(bundle), "llama@torch2.13.0-cpu"):
         refused = warmer_cli("prune", target)
         assert refused.exit_code == 2 and "immutable" in refused.output
-    blind = warmer_cli("prune", "--cache-dir", str(triton_cache), "--json")
+    blind = warmer_cli("prune", "--cache-dir", str(triton_cache), "--all", "--json")
     assert blind.exit_code == 2 and "-y" in blind.output
     both = warmer_cli("prune", "--cache-dir", str(triton_cache), "--full", "--dedupe", "-y")
     assert both.exit_code == 2

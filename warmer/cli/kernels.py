@@ -210,6 +210,9 @@ def ls(
     is_flag=True,
     help="Remove entries whose binary is byte-identical to another's; keep the last used.",
 )
+@click.option(
+    "--all", "everything", is_flag=True, help="Select every kernel (no ids, no filters)."
+)
 @click.option("--dry-run", is_flag=True, help="Show the plan; delete nothing.")
 @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
 @json_option
@@ -218,6 +221,7 @@ def prune(
     cache_dir: Path | None,
     full: bool,
     dedupe: bool,
+    everything: bool,
     dry_run: bool,
     yes: bool,
     as_json: bool,
@@ -226,6 +230,8 @@ def prune(
     """Prune the kernels of a cache directory (IDs from `ls -q`, and/or the filters).
 
     By default only the IR goes (.source .ttir .ttgir .llir): every kernel still loads.
+    With no ID and no filter nothing is selected: --all says every kernel (--dedupe alone
+    needs none, as it keeps one of each binary).
     """
     not_ids = [value for value in ids if not _KERNEL_ID_RE.match(value)]
     if not_ids:
@@ -235,6 +241,15 @@ def prune(
         )
     if full and dedupe:
         raise UsageError("--full and --dedupe are different plans: pick one")
+    selected = bool(ids) or kernel_filter != KernelFilter()
+    if everything and selected:
+        raise UsageError("--all selects every kernel: give it without ids or filters")
+    if not (selected or everything or dedupe):
+        # `prune $(ls -q …)` with an empty list must not mean "every kernel"
+        raise UsageError(
+            "no kernel selected: give ids (from `warmer kernels ls -q`), a filter "
+            "(--name, --older-than, …), or --all for every kernel"
+        )
     if as_json and not (yes or dry_run):
         raise UsageError("prune --json cannot ask for confirmation: pass -y (or --dry-run)")
     where = _source(None, cache_dir, None)
