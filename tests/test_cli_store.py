@@ -59,7 +59,7 @@ def test_ls_prints_a_table_and_a_total(store_dir: Path) -> None:
     result = invoke("ls", "--store", str(store_dir))
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
-    assert lines[0].split() == ["REF", "ID", "FILES", "SIZE", "LAST", "USED"]
+    assert lines[0].split() == ["REF", "ID", "FILES", "SIZE", "CREATED", "LAST", "USED", "PINNED"]
     assert lines[1].split()[0] == f"big@{TAG}"
     assert lines[2].split()[0] == f"tiny@{TAG}" and lines[2].rstrip().endswith("3d ago")
     assert lines[1].rstrip().endswith("just now")
@@ -187,7 +187,7 @@ def test_gc_dry_run_then_for_real(store_dir: Path) -> None:
 def test_prune_asks_first_and_no_keeps_everything(store_dir: Path) -> None:
     result = invoke("prune", "--older-than", "2d", "--store", str(store_dir), stdin="n\n")
     assert result.exit_code == 0
-    assert "About to delete 1 snapshots," in result.stderr and "Proceed? [y/N]" in result.stderr
+    assert "About to delete 1 snapshot," in result.stderr and "Proceed? [y/N]" in result.stderr
     assert "Nothing deleted." in result.stderr
     assert f"tiny@{TAG}" in result.stdout  # the plan, as a table
     assert invoke("ls", "-q", "--store", str(store_dir)).stdout.count("\n") == 2
@@ -225,3 +225,110 @@ def test_prune_limits_come_from_options_or_the_environment(store_dir: Path) -> N
     assert [row["name"] for row in json.loads(from_env.stdout)["refs"]] == ["tiny", "big"]
     roomy = invoke("prune", "-y", "--max-size", "20G", *store)
     assert roomy.exit_code == 0 and "Nothing to prune." in roomy.stderr
+
+
+def test_ls_shows_pins_history_and_what_gc_would_remove(store_dir: Path) -> None:
+    """A rerun that replaces a verified snapshot keeps it as history; `ls` says so, `ls --all`
+    lists it, and what no ref holds any more is counted where people look."""
+    store = ["--store", str(store_dir)]
+    assert invoke("pin", "big", *store).exit_code == 0
+    with Store(store_dir) as opened:
+        verified = opened.resolve("tiny", touch=False)[0]
+        files = put_files(opened, {"/root/.triton/cache/D/k.cubin": b"rerun"}, "triton")
+        opened.commit(manifest("tiny", files))  # a plain rerun: no verify result
+        opened.commit(manifest("gone", put_files(opened, {"/gone": b"x" * 2000})))
+        opened.remove_ref("gone")
+    listed = invoke("ls", *store)
+    assert listed.exit_code == 0, listed.output
+    rows = {line.split()[0]: line for line in listed.stdout.splitlines()[1:-1]}
+    assert rows[f"big@{TAG}"].rstrip().endswith("yes")  # pinned
+    assert "just now" in rows[f"tiny@{TAG}"] and verified.short_id not in listed.stdout
+    assert listed.stdout.splitlines()[-1].endswith("; 1 earlier (warmer ls --all)")
+    assert "2 unreferenced file(s)" in listed.stderr and "warmer gc removes them" in listed.stderr
+    everything = invoke("ls", "--all", "tiny", *store)
+    lines = everything.stdout.splitlines()
+    assert lines[1].startswith(f"tiny@{TAG}") and "earlier, replaced just now" in lines[2]
+    assert verified.short_id in lines[2] and len(lines) == 4
+    quiet = invoke("ls", "-q", "-a", *store).stdout.split()
+    assert quiet == [f"big@{TAG}", f"tiny@{TAG}", verified.short_id]
+    document = json.loads(invoke("ls", "--json", *store).stdout)
+    [earlier] = document["history"]
+    assert earlier["snapshot"] == verified.snapshot and earlier["replaced"] > 0
+    assert document["unreferenced"]["files"] == 2 and document["unreferenced"]["bytes"] > 2000
+    # The earlier snapshot is still whole, and restorable by its id.
+    shown = json.loads(invoke("show", verified.short_id, "--json", *store).stdout)
+    assert shown["verify"]["hit_rate"] == 1.0
+    assert json.loads(invoke("gc", "--dry-run", "--json", *store).stdout)["objects_removed"] == 2
+
+
+def test_rm_removes_refs_after_asking_and_never_on_an_empty_list(store_dir: Path) -> None:
+    store = ["--store", str(store_dir)]
+    empty = invoke("rm", "-y", *store)
+    assert empty.exit_code == UsageError.exit_code and "nothing to remove" in empty.stderr
+    assert invoke("pin", "big", *store).exit_code == 0
+    pinned = invoke("rm", "big", "tiny", "-y", *store)
+    assert pinned.exit_code == UsageError.exit_code and "--force" in pinned.stderr
+    unknown = invoke("rm", "nope", "-y", *store)
+    assert unknown.exit_code == UsageError.exit_code
+    blind = invoke("rm", "tiny", "--json", *store)
+    assert blind.exit_code == UsageError.exit_code and "pass -y" in blind.stderr
+    dry = json.loads(invoke("rm", "tiny", "--dry-run", "--json", *store).stdout)
+    assert [row["name"] for row in dry["refs"]] == ["tiny"] and dry["removed"] == []
+    declined = invoke("rm", "tiny", *store, stdin="n\n")
+    assert "About to delete 1 snapshot," in declined.stderr and "Nothing deleted" in declined.stderr
+    assert invoke("ls", "-q", *store).stdout.count("\n") == 2
+    done = invoke("rm", "tiny", *store, stdin="y\n")
+    assert done.exit_code == 0 and "Removed 1 snapshot(s)" in done.stderr, done.output
+    assert invoke("ls", "-q", *store).stdout == f"big@{TAG}\n"
+    # tiny's files are all in big too: only its manifest is left for gc
+    assert json.loads(invoke("gc", "--json", *store).stdout)["objects_removed"] == 1
+    forced = json.loads(invoke("rm", "big", "--force", "-y", "--json", *store).stdout)
+    assert [row["name"] for row in forced["removed"]] == ["big"] and forced["gc_frees"] > 0
+    assert invoke("ls", "-q", *store).stdout == ""
+
+
+def test_verify_a_ref_rehashes_its_objects(store_dir: Path, tmp_path: Path) -> None:
+    store = ["--store", str(store_dir)]
+    with Store(store_dir) as opened:
+        digest = opened.resolve("tiny", touch=False)[1].files[0].digest
+        victim = opened.objects.path(digest)
+    good = invoke("verify", "big", "--json", *store)
+    assert good.exit_code == 0 and json.loads(good.stdout)["objects_checked"] == 14
+    victim.chmod(0o644)
+    victim.write_bytes(victim.read_bytes()[:-1] + b"!")
+    bad = invoke("verify", f"tiny@{TAG}", *store)
+    assert bad.exit_code == StoreError.exit_code and digest in bad.stderr
+    assert f"error: tiny@{TAG} has 1 problem(s)" in bad.stderr
+    assert invoke("verify", "nope", *store).exit_code == UsageError.exit_code
+    # An existing file is a bundle, whatever its name.
+    odd = tmp_path / "tiny"
+    odd.write_bytes(b"not a bundle")
+    assert invoke("verify", str(odd), *store).exit_code == BundleError.exit_code
+
+
+def test_export_refuses_a_damaged_object_and_import_repairs_it(
+    store_dir: Path, tmp_path: Path
+) -> None:
+    store = ["--store", str(store_dir)]
+    good = tmp_path / "good.tar.zst"
+    assert invoke("export", "tiny", "-o", str(good), *store).exit_code == 0
+    with Store(store_dir) as opened:
+        entry = opened.resolve("tiny", touch=False)[1].files[-1]
+        victim = opened.objects.path(entry.digest)
+    victim.chmod(0o644)
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 1
+    victim.write_bytes(bytes(data))
+    out = tmp_path / "out"
+    out.mkdir()
+    for fmt in ("tar.zst", "tar.gz"):
+        refused = invoke("export", "tiny", "-o", str(out / f"tiny.{fmt}"), *store)
+        assert refused.exit_code == StoreError.exit_code, refused.output
+        assert f"store object {entry.digest} ({entry.path})" in refused.stderr
+        assert list(out.iterdir()) == []  # no bundle, no temp file
+    imported = invoke("import", str(good), *store)
+    assert imported.exit_code == 0, imported.output
+    assert invoke("verify", "--json", *store).exit_code == 0
+    assert invoke("export", "tiny", "-o", str(out), *store).exit_code == 0
+    [bundle] = out.iterdir()
+    assert invoke("verify", str(bundle)).exit_code == 0

@@ -295,6 +295,90 @@ def test_commit_to_an_existing_ref_replaces_it_and_keeps_the_pin(store: Store) -
         assert handle.read() == b"two"
 
 
+def test_a_replaced_snapshot_stays_as_history_until_pruned(store: Store) -> None:
+    """A verified snapshot replaced by a plain rerun is kept, listed, resolvable by id and
+    live for gc; a prune (the user asking) drops it, oldest use first."""
+    verified = manifest("job", put_files(store, {"/a/k": b"one"})).with_verify({"hit_rate": 1.0})
+    old = store.commit(verified)
+    new = store.commit(manifest("job", put_files(store, {"/a/k": b"two"})))
+    again = store.commit(manifest("job", put_files(store, {"/a/k": b"two"})))
+    assert again.snapshot == new.snapshot  # the same snapshot again is no new history
+    [earlier] = store.history("job@" + TAG)
+    assert (earlier.snapshot, earlier.created, earlier.pinned) == (old.snapshot, old.created, False)
+    assert earlier.replaced is not None and earlier.replaced >= old.created
+    assert store.gc().objects_removed == 0 and store.verify().garbage == 0
+    info, found = store.resolve(old.short_id)
+    assert info.replaced is not None and found.verify == {"hit_rate": 1.0}
+    assert store.resolve("job")[0].snapshot == new.snapshot  # the name is the current one
+    # Committing the old snapshot again makes it current and the other one history.
+    store.commit(verified)
+    assert [i.snapshot for i in store.history()] == [new.snapshot]
+    plan = store.plan_prune(max_size=0, older_than=None)
+    assert {(i.snapshot, i.replaced is None) for i in plan.items} == {
+        (new.snapshot, False),
+        (old.snapshot, True),
+    }
+    assert plan.execute().freed == plan.expected_freed
+    assert store.list() == store.history() == [] and object_files(store) == []
+
+
+def test_rm_plans_refs_with_their_history_and_refuses_pins(store: Store) -> None:
+    one = store.commit(manifest("one", put_files(store, {"/a": b"shared", "/b": b"1"})))
+    store.commit(manifest("one", put_files(store, {"/a": b"shared", "/b": b"1b"})))
+    two = store.commit(manifest("two", put_files(store, {"/a": b"shared", "/b": b"2"})))
+    with pytest.raises(UsageError, match="nothing to remove"):
+        store.plan_remove([], force=False)
+    store.pin("two")
+    with pytest.raises(UsageError, match=r"pinned.*--force"):
+        store.plan_remove(["one", "two"], force=False)
+    plan = store.plan_remove(["one"], force=False)
+    assert {i.snapshot for i in plan.items} == {one.snapshot, store.resolve("one")[0].snapshot}
+    assert store.list() != [] and len(store.history()) == 1  # planning changes nothing
+    result = plan.execute()
+    assert len(result.removed) == 2 and result.kept == ()
+    assert [i.ref for i in store.list()] == [two.ref] and store.history() == []
+    assert store.gc().bytes_freed == plan.expected_freed  # "shared" stays: two holds it
+    store.plan_remove(["two"], force=True).execute()
+    assert store.list() == []
+
+
+def test_rm_of_an_earlier_snapshot_by_id_keeps_the_ref(store: Store) -> None:
+    old = store.commit(manifest("job", put_files(store, {"/a": b"1"})))
+    new = store.commit(manifest("job", put_files(store, {"/a": b"2"})))
+    store.plan_remove([old.short_id], force=False).execute()
+    assert store.list() == [store.resolve(new.ref, touch=False)[0]] and store.history() == []
+
+
+def test_a_pin_or_a_use_after_planning_keeps_the_ref(store: Store) -> None:
+    refs = aged_store(store)
+    plan = store.plan_prune(max_size=0, older_than=None)
+    store.pin("old")
+    store.resolve("mid")  # used meanwhile
+    result = plan.execute()
+    assert [i.ref for i in result.removed] == [refs["new"]]
+    assert {i.ref for i in result.kept} == {refs["old"], refs["mid"]}
+    assert sorted(i.name for i in store.list()) == ["mid", "old"]
+    assert store.verify().ok
+
+
+def test_verify_snapshot_rehashes_one_snapshot(store: Store) -> None:
+    good = store.commit(manifest("good", put_files(store, {"/a": b"good" * 100})))
+    bad = store.commit(manifest("bad", put_files(store, {"/a": b"bad" * 100})))
+    digest = store.resolve("bad", touch=False)[1].files[0].digest
+    flip_byte(store.objects.path(digest))
+    assert store.verify_snapshot(good.ref).ok
+    report = store.verify_snapshot(bad.short_id)
+    assert report.objects_checked == 2 and len(report.problems) == 1
+    assert digest in report.problems[0]
+
+
+def flip_byte(path: Path) -> None:
+    path.chmod(0o644)
+    data = bytearray(path.read_bytes())
+    data[0] ^= 1
+    path.write_bytes(bytes(data))
+
+
 def test_resolve_accepts_refs_names_and_id_prefixes(store: Store) -> None:
     cpu = store.commit(manifest("llama", put_files(store, {"/a/k": b"cpu"})))
     gpu = store.commit(manifest("llama", put_files(store, {"/a/k": b"gpu"}), tag="cuda12-cc90"))
@@ -430,7 +514,7 @@ def test_prune_older_than_drops_idle_refs_but_never_pinned(store: Store) -> None
     store.pin("old")
     plan = store.plan_prune(max_size=None, older_than=15 * 86400)
     assert [info.ref for info in plan.items] == [refs["mid"]]
-    freed = plan.execute()
+    freed = plan.execute().freed
     assert freed == plan.expected_freed > 300
     assert sorted(info.name for info in store.list()) == ["new", "old"]
     assert store.verify().ok and store.verify().garbage == 0
@@ -448,7 +532,7 @@ def test_prune_max_size_drops_least_recently_used_until_it_fits(store: Store) ->
     assert [info.ref for info in plan.items] == [refs["old"], refs["mid"], refs["new"]]
     assert plan.expected_freed == total
     assert store.list() != []  # planning changes nothing
-    assert plan.execute() == total
+    assert plan.execute().freed == total
     assert store.list() == [] and object_files(store) == []
 
 

@@ -22,7 +22,7 @@ from functools import partial
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, BinaryIO, Literal, cast
 
-from warmer.errors import BundleError, UsageError
+from warmer.errors import BundleError, StoreError, UsageError
 from warmer.files import atomic_file
 from warmer.store.digests import Readable, VerifiedStream
 from warmer.store.manifest import MAX_MANIFEST_BYTES, FileEntry, Manifest
@@ -67,8 +67,28 @@ def write_tar(
             data = manifest.to_bytes()
             tar.addfile(tar_member(MANIFEST_NAME, len(data), 0o644), io.BytesIO(data))
         for entry in manifest.files:
-            with open_object(entry.digest) as obj:
+            with stored_object(open_object, entry) as obj:
                 tar.addfile(tar_member(member_name(entry.path), entry.size, entry.mode), obj)
+
+
+@contextmanager
+def stored_object(
+    open_object: Callable[[str], BinaryIO], entry: FileEntry
+) -> Iterator[VerifiedStream]:
+    """A store object as an export or a push reads it: hashed while it streams, so a damaged
+    object is refused (StoreError naming it) before the bundle or the push is published."""
+    with open_object(entry.digest) as obj:
+        stream = VerifiedStream(
+            obj,
+            entry.digest,
+            entry.size,
+            f"store object {entry.digest} ({entry.path})",
+            StoreError,
+            against="its name",
+            hint="the store is damaged (warmer verify); importing a good bundle repairs it",
+        )
+        yield stream
+        stream.finish()
 
 
 def tar_member(name: str, size: int, mode: int) -> tarfile.TarInfo:
@@ -450,7 +470,7 @@ def import_bundle(store: Store, path: Path) -> SnapshotInfo:
     """Add a bundle's files and snapshot to `store`, verifying every byte on the way."""
     with open_bundle(path) as bundle:
         for entry, reader in bundle.files():
-            digest, _size = store.put_stream(reader, entry.size)  # type: ignore[arg-type]
+            digest, _size = store.put_stream(reader, entry.size, repair=True)  # type: ignore[arg-type]
             reader.finish()
             if digest != entry.digest:  # pragma: no cover - finish() raises first
                 raise BundleError(f"{path}: {entry.path}: content does not match the manifest")

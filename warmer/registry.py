@@ -38,6 +38,7 @@ from warmer.bundle import (
     compressed_writer,
     decompressing,
     member_name,
+    stored_object,
     tar_member,
 )
 from warmer.envkey import EnvKey, compare
@@ -526,7 +527,7 @@ def _write_layer(
                 if entry is None:
                     tar.addfile(tar_member(name, 0, 0o644), None)
                     continue
-                with store.open_object(entry.digest) as obj:
+                with stored_object(store.open_object, entry) as obj:
                     tar.addfile(tar_member(name, entry.size, entry.mode), obj)
     spool.flush()
     return LayerFiles(
@@ -616,7 +617,7 @@ def _fetch(
                     digest = listed.get(path)
                     if digest is None or digest not in need:
                         continue
-                    got, _size = store.put_stream(cast(BinaryIO, member), None)
+                    got, _size = store.put_stream(cast(BinaryIO, member), None, repair=True)
                     if got != digest:
                         where = f"{published.reference}: layer {layer.digest}: {path}"
                         raise RegistryError(mismatch(where, got, digest, "the manifest"))

@@ -25,6 +25,7 @@ COMMANDS = {
     "verify": "store:verify",
     "gc": "store:gc",
     "prune": "store:prune",
+    "rm": "store:rm",
     "kernels": "kernels:kernels",
     "push": "registry:push",
     "pull": "registry:pull",

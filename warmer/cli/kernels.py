@@ -210,9 +210,7 @@ def ls(
     is_flag=True,
     help="Remove entries whose binary is byte-identical to another's; keep the last used.",
 )
-@click.option(
-    "--all", "everything", is_flag=True, help="Select every kernel (no ids, no filters)."
-)
+@click.option("--all", "everything", is_flag=True, help="Select every kernel (no ids, no filters).")
 @click.option("--dry-run", is_flag=True, help="Show the plan; delete nothing.")
 @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
 @json_option

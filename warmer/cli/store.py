@@ -1,4 +1,4 @@
-"""`warmer ls | show | verify | gc | prune`: look into the store and keep it small."""
+"""`warmer ls | show | verify | gc | prune | rm`: look into the store and keep it small."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from warmer.errors import BundleError, StoreError, UsageError
 from warmer.units import format_duration, format_size, parse_duration, parse_size
 
 if TYPE_CHECKING:
-    from warmer.store import SnapshotInfo, Store
+    from warmer.store import PrunePlan, RemoveResult, SnapshotInfo, Store
     from warmer.store.manifest import Manifest
 
 #: Problems listed for people before "… and N more" (JSON lists them all).
@@ -33,41 +33,79 @@ def _snapshot_json(info: SnapshotInfo) -> dict[str, object]:
 
 
 @click.command("ls")
+@click.argument("refs", nargs=-1, metavar="[REF]...")
 @click.option("-q", "--quiet", is_flag=True, help="Print only refs, one per line.")
+@click.option(
+    "-a",
+    "--all",
+    "history",
+    is_flag=True,
+    help="Also list the earlier snapshots of each ref (kept until pruned or removed).",
+)
 @store_option
 @json_option
-def ls(quiet: bool, store: Path | None, as_json: bool) -> None:
-    """List the snapshots in the store."""
+def ls(
+    refs: tuple[str, ...], quiet: bool, history: bool, store: Path | None, as_json: bool
+) -> None:
+    """List the snapshots in the store (only REF... when given), and what gc would remove."""
     with _open_store(store) as opened:
         infos = opened.list()
+        earlier = opened.history()
+        if refs:
+            wanted = {opened.resolve(ref, touch=False)[0].ref for ref in refs}
+            infos = [info for info in infos if info.ref in wanted]
+            earlier = [info for info in earlier if info.ref in wanted]
         stored = opened.stored_size()
+        garbage = opened.unreferenced()
     referenced = sum(info.size for info in infos)
+    unreferenced = garbage.objects_removed + garbage.temp_files_removed
     if as_json:
         emit_json(
             {
                 "snapshots": [_snapshot_json(info) for info in infos],
+                "history": [_snapshot_json(info) for info in earlier],
                 "referenced": referenced,
                 "stored": stored,
+                "unreferenced": {"files": unreferenced, "bytes": garbage.bytes_freed},
             }
         )
-    elif quiet:
-        for info in infos:
-            click.echo(info.ref)
-    elif not infos:
+        return
+    shown = sorted([*infos, *earlier], key=_listed) if history else infos
+    if quiet:
+        for info in shown:
+            click.echo(info.ref if info.replaced is None else info.short_id)
+        return
+    if not shown:
         console.print(f"No snapshots in {opened.root}.")
     else:
-        rows = [
-            (info.ref, info.short_id, info.files, format_size(info.size), ago(info.last_access))
-            for info in infos
-        ]
         plural = "" if len(infos) == 1 else "s"
+        footer = f"{len(infos)} snapshot{plural}, {format_size(referenced)} referenced, "
+        footer += f"{format_size(stored)} stored"
+        if earlier and not history:
+            footer += f"; {len(earlier)} earlier (warmer ls --all)"
         table(
-            ["REF", "ID", "FILES", "SIZE", "LAST USED"],
-            rows,
+            ["REF", "ID", "FILES", "SIZE", "CREATED", "LAST USED", "PINNED"],
+            [_ls_row(info) for info in shown],
             right=["FILES", "SIZE"],
-            footer=f"{len(infos)} snapshot{plural}, {format_size(referenced)} referenced, "
-            f"{format_size(stored)} stored",
+            footer=footer,
         )
+    if unreferenced:
+        console.print(
+            f"{unreferenced} unreferenced file(s), {format_size(garbage.bytes_freed)}: "
+            "warmer gc removes them"
+        )
+
+
+def _listed(info: SnapshotInfo) -> tuple[str, int, float]:
+    """A ref, then its earlier snapshots, the most recently replaced first."""
+    return (info.ref, info.replaced is not None, -(info.replaced or 0))
+
+
+def _ls_row(info: SnapshotInfo) -> tuple[object, ...]:
+    ref = info.ref if info.replaced is None else f"  earlier, replaced {ago(info.replaced)}"
+    pinned = "yes" if info.pinned else ""
+    return (ref, info.short_id, info.files, format_size(info.size), ago(info.created),
+            ago(info.last_access), pinned)  # fmt: skip
 
 
 def _kind_totals(manifest: Manifest) -> dict[str, dict[str, int]]:
@@ -155,16 +193,19 @@ def show(ref: str, list_files: bool, store: Path | None, as_json: bool) -> None:
 
 
 @click.command("verify")
-@click.argument("bundle", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("source", required=False, metavar="[BUNDLE|REF]")
 @store_option
 @json_option
-def verify(bundle: Path | None, store: Path | None, as_json: bool) -> None:
-    """Check the store (every object re-hashed), or the bundle BUNDLE when given."""
-    if bundle is not None:
-        _verify_bundle(bundle, as_json)
+def verify(source: str | None, store: Path | None, as_json: bool) -> None:
+    """Check the store (every object re-hashed), one snapshot REF of it, or a BUNDLE file."""
+    from warmer.sources import is_bundle
+
+    if source is not None and is_bundle(source):
+        _verify_bundle(Path(source), as_json)
         return
     with _open_store(store) as opened:
-        report = opened.verify()
+        report = opened.verify() if source is None else opened.verify_snapshot(source)
+    what = "the store" if source is None else source
     if as_json:
         emit_json({**dataclasses.asdict(report), "ok": report.ok})
     else:
@@ -178,7 +219,7 @@ def verify(bundle: Path | None, store: Path | None, as_json: bool) -> None:
                 f"{report.garbage} leftover file(s) that no snapshot uses; warmer gc removes them."
             )
     if not report.ok:
-        raise StoreError(f"the store has {len(report.problems)} problem(s)")
+        raise StoreError(f"{what} has {len(report.problems)} problem(s)")
 
 
 def _verify_bundle(bundle: Path, as_json: bool) -> None:
@@ -249,30 +290,116 @@ def prune(
                 [(i.ref, i.short_id, format_size(i.size), ago(i.last_access)) for i in plan.items],
                 right=["SIZE"],
             )
-        if not plan.items or dry_run:
-            freed = 0
-        elif yes or click.confirm(
-            f"About to delete {len(plan.items)} snapshots, {size}. Proceed?", err=True
-        ):
-            freed = plan.execute()
-        else:
-            console.print("Nothing deleted.")
-            return
+        result = _confirm_and_execute(plan, dry_run=dry_run, yes=yes)
+    if result is None and not (dry_run or not plan.items):
+        return
     if as_json:
         emit_json(
             {
                 "refs": [_snapshot_json(info) for info in plan.items],
                 "expected_freed": plan.expected_freed,
-                "freed": freed,
+                "freed": result.freed if result else 0,
+                "kept": [_snapshot_json(info) for info in result.kept] if result else [],
                 "dry_run": dry_run,
             }
         )
     elif not plan.items:
         console.print("Nothing to prune.")
-    elif dry_run:
+    elif result is None:
         console.print(f"Would delete {len(plan.items)} snapshot(s), {size}.")
     else:
-        console.print(f"Deleted {len(plan.items)} snapshot(s), freed {format_size(freed)}.")
+        _print_kept(result)
+        console.print(
+            f"Deleted {len(result.removed)} snapshot(s), freed {format_size(result.freed)}."
+        )
+
+
+def _confirm_and_execute(
+    plan: PrunePlan[SnapshotInfo, RemoveResult], *, dry_run: bool, yes: bool
+) -> RemoveResult | None:
+    """Execute the plan once confirmed (`-y` or the prompt); None when nothing ran.
+
+    The prompt waits with the shared lock held, so another process may pin, move or use a
+    planned ref meanwhile: execution checks again and keeps those (`RemoveResult.kept`).
+    """
+    if not plan.items or dry_run:
+        return None
+    count = len(plan.items)
+    prompt = f"About to delete {count} snapshot{'' if count == 1 else 's'}, "
+    if yes or click.confirm(f"{prompt}{format_size(plan.expected_freed)}. Proceed?", err=True):
+        return plan.execute()
+    console.print("Nothing deleted.")
+    return None
+
+
+def _print_kept(result: RemoveResult) -> None:
+    for info in result.kept:
+        console.print(f"kept {info.ref} {info.short_id}: pinned, moved or used since the plan")
+
+
+@click.command("rm")
+@click.argument("refs", nargs=-1, metavar="REF...")
+@click.option("--force", is_flag=True, help="Remove pinned refs too.")
+@click.option("--dry-run", is_flag=True, help="Show what would go; remove nothing.")
+@click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
+@store_option
+@json_option
+def rm(
+    refs: tuple[str, ...],
+    force: bool,
+    dry_run: bool,
+    yes: bool,
+    store: Path | None,
+    as_json: bool,
+) -> None:
+    """Remove the refs REF... (with their earlier snapshots), or an earlier snapshot by id.
+
+    Pinned refs need --force. The content stays until `warmer gc`, which frees what no
+    other snapshot uses.
+    """
+    if as_json and not (yes or dry_run):
+        raise UsageError("rm --json cannot ask for confirmation: pass -y (or --dry-run)")
+    with _open_store(store) as opened:
+        plan = opened.plan_remove(refs, force=force)
+        if not as_json:
+            table(
+                ["REF", "ID", "SIZE", "CREATED", "PINNED"],
+                [
+                    (
+                        _ls_row(info)[0],
+                        info.short_id,
+                        format_size(info.size),
+                        ago(info.created),
+                        "yes" if info.pinned else "",
+                    )
+                    for info in plan.items
+                ],
+                right=["SIZE"],
+            )
+        result = _confirm_and_execute(plan, dry_run=dry_run, yes=yes)
+    if result is None and not dry_run:
+        return
+    if as_json:
+        emit_json(
+            {
+                "refs": [_snapshot_json(info) for info in plan.items],
+                "removed": [_snapshot_json(info) for info in result.removed] if result else [],
+                "kept": [_snapshot_json(info) for info in result.kept] if result else [],
+                "gc_frees": plan.expected_freed,
+                "dry_run": dry_run,
+            }
+        )
+    elif result is None:
+        console.print(
+            f"Would remove {len(plan.items)} snapshot(s); "
+            f"warmer gc would then free {format_size(plan.expected_freed)}."
+        )
+    else:
+        _print_kept(result)
+        console.print(
+            f"Removed {len(result.removed)} snapshot(s); "
+            f"warmer gc frees {format_size(plan.expected_freed)}."
+        )
 
 
 def _prune_limits(max_size: str | None, older_than: str | None) -> tuple[int | None, float | None]:

@@ -13,10 +13,12 @@ A `Store` takes the shared lock on first use and keeps it until `close()` (or th
 
 from __future__ import annotations
 
+import builtins
 import dataclasses
 import re
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
@@ -24,7 +26,16 @@ from typing import BinaryIO
 from warmer.errors import BundleError, NotFound, StoreError, UsageError
 from warmer.files import atomic_file
 from warmer.store.cas import ObjectStore, digest_bytes
-from warmer.store.gc import GcResult, PrunePlan, VerifyReport, plan_prune, sweep, verify
+from warmer.store.gc import (
+    GcResult,
+    PrunePlan,
+    RemoveResult,
+    VerifyReport,
+    plan_prune,
+    sweep,
+    verify,
+    verify_snapshot,
+)
 from warmer.store.index import Index, SnapshotInfo
 from warmer.store.locks import StoreLock
 from warmer.store.manifest import FileEntry, Manifest
@@ -34,6 +45,7 @@ __all__ = [
     "GcResult",
     "Manifest",
     "PrunePlan",
+    "RemoveResult",
     "SnapshotInfo",
     "Store",
     "VerifyReport",
@@ -94,9 +106,11 @@ class Store:
         self._use()
         return self.objects.put_file(src)
 
-    def put_stream(self, stream: BinaryIO, size: int | None = None) -> tuple[str, int]:
+    def put_stream(
+        self, stream: BinaryIO, size: int | None = None, *, repair: bool = False
+    ) -> tuple[str, int]:
         self._use()
-        return self.objects.put_stream(stream, size)
+        return self.objects.put_stream(stream, size, repair=repair)
 
     def put_bytes(self, data: bytes) -> str:
         self._use()
@@ -122,7 +136,7 @@ class Store:
                 f"(first: {missing[0]})"
             )
         data = manifest.to_bytes()
-        self.objects.put_bytes(data)
+        self.objects.put_bytes(data, repair=True)  # a manifest is small: check, repair
         self.objects.publish()
         return index.put(manifest, len(data), time.time())
 
@@ -144,7 +158,7 @@ class Store:
             raise StoreError(f"manifest of {info.ref} is unreadable: {exc}") from exc
         if touch:
             now = time.time()
-            self._use().touch(info.ref, now)
+            self._use().touch(info, now)
             info = dataclasses.replace(info, last_access=now)
         return info, manifest
 
@@ -152,21 +166,66 @@ class Store:
         """Every ref, sorted by ref."""
         return self._use().all()
 
+    def history(self, ref: str | None = None) -> builtins.list[SnapshotInfo]:
+        """The snapshots that `ref` (every ref when None) pointed at before, newest first."""
+        return self._use().history(ref)
+
+    def unreferenced(self) -> GcResult:
+        """What `gc` would remove now (counted without the exclusive lock: for display)."""
+        return sweep(self.objects, self._use().live_objects(), dry_run=True)
+
     def stored_size(self) -> int:
         """Bytes of the distinct objects that refs reach (referenced bytes after dedup)."""
         return self._use().stored_size()
 
     def touch(self, ref: str) -> None:
-        self._use().touch(self._lookup(ref).ref, time.time())
+        self._use().touch(self._lookup(ref), time.time())
 
     def pin(self, ref: str, pinned: bool = True) -> None:
-        """A pinned ref is never pruned."""
-        self._use().set_pinned(self._lookup(ref).ref, pinned)
+        """A pinned ref is never pruned (nor removed without force)."""
+        info = self._lookup(ref)
+        if info.replaced is not None:
+            raise UsageError(f"{ref!r} is an earlier snapshot of {info.ref}: pin the ref itself")
+        self._use().set_pinned(info.ref, pinned)
 
     def remove_ref(self, ref: str) -> None:
-        """Drop a ref; its content stays until `gc`."""
+        """Drop a ref and its history, pinned or not; the content stays until `gc`."""
+        self.plan_remove([ref], force=True).execute()
+
+    def plan_remove(
+        self, specs: Sequence[str], *, force: bool
+    ) -> PrunePlan[SnapshotInfo, RemoveResult]:
+        """Plan `warmer rm`: each spec is a ref (with its history), a name or an id (an
+        earlier snapshot alone). Pinned refs are refused unless `force`; nothing is
+        selected by an empty list. The content stays until `gc`."""
+        if not specs:
+            raise UsageError("nothing to remove: give one or more refs (warmer ls -q lists them)")
+        index = self._use()
+        chosen: dict[tuple[str, str, bool], SnapshotInfo] = {}
+        for spec in specs:
+            info = self._lookup(spec)
+            rows = [info] if info.replaced is not None else [info, *index.history(info.ref)]
+            for row in rows:
+                chosen[(row.ref, row.snapshot, row.replaced is None)] = row
+        pinned = [info.ref for info in chosen.values() if info.pinned]
+        if pinned and not force:
+            raise UsageError(
+                f"{', '.join(pinned)} {'is' if len(pinned) == 1 else 'are'} pinned: "
+                "warmer unpin it first, or pass --force"
+            )
+        items = tuple(chosen.values())
+        freed = self._freed_by(items)
+
+        def execute(rows: tuple[SnapshotInfo, ...]) -> RemoveResult:
+            removed = index.remove(rows, keep_pinned=not force, keep_used=False)
+            return RemoveResult(tuple(removed), _kept(rows, removed), 0)
+
+        return PrunePlan(items=items, expected_freed=freed, _execute=execute)
+
+    def verify_snapshot(self, ref: str) -> VerifyReport:
+        """Re-hash the manifest and every object of one snapshot."""
         info = self._lookup(ref)
-        self._use().remove([(info.ref, info.snapshot)])
+        return verify_snapshot(self.objects, info)
 
     # -- upkeep ----------------------------------------------------------------------------
 
@@ -182,7 +241,7 @@ class Store:
 
     def plan_prune(
         self, *, max_size: int | None, older_than: float | None
-    ) -> PrunePlan[SnapshotInfo, int]:
+    ) -> PrunePlan[SnapshotInfo, RemoveResult]:
         """Plan an LRU prune (pinned refs are kept); see `warmer.store.gc.plan_prune`."""
         if max_size is None and older_than is None:
             raise UsageError("prune needs a size budget or an age (max_size or older_than)")
@@ -194,13 +253,35 @@ class Store:
             self._use(), max_size=max_size, older_than=older_than, execute=self._prune
         )
 
-    def _prune(self, refs: tuple[SnapshotInfo, ...]) -> int:
-        """Refs first, content last, all under the exclusive lock; returns the bytes freed."""
+    def _prune(self, refs: tuple[SnapshotInfo, ...]) -> RemoveResult:
+        """Refs first, content last, all under the exclusive lock. The plan is checked again
+        there: a ref pinned, moved or used since it was planned is kept (another process may
+        have done that while this one showed the plan and asked)."""
         index = self._use()
         with self._lock.exclusive():
             self.objects.publish()
-            index.remove((info.ref, info.snapshot) for info in refs)
-            return sweep(self.objects, index.live_objects(), dry_run=False).bytes_freed
+            removed = index.remove(refs, keep_pinned=True, keep_used=True)
+            freed = sweep(self.objects, index.live_objects(), dry_run=False).bytes_freed
+        return RemoveResult(tuple(removed), _kept(refs, removed), freed)
+
+    def _freed_by(self, rows: Sequence[SnapshotInfo]) -> int:
+        """Bytes that only `rows` hold: what gc frees once they are gone."""
+        index = self._use()
+        gone = {(info.ref, info.snapshot, info.replaced is None) for info in rows}
+        kept = [
+            info.snapshot
+            for info in [*index.all(), *index.history()]
+            if (info.ref, info.snapshot, info.replaced is None) not in gone
+        ]
+        contents = index.objects_of([*kept, *(info.snapshot for info in rows)])
+        still = {digest for snapshot in kept for digest, _ in contents[snapshot]}
+        freeing = {
+            digest: size
+            for info in rows
+            for digest, size in contents[info.snapshot]
+            if digest not in still
+        }
+        return sum(freeing.values())
 
     # -- internals -------------------------------------------------------------------------
 
@@ -224,6 +305,7 @@ class Store:
             return self._index
 
     def _lookup(self, spec: str) -> SnapshotInfo:
+        """The ref `spec` names, or a ref's earlier snapshot by id (not shadowed by a ref)."""
         index = self._use()
         spec = spec.strip()
         exact = index.get(spec)
@@ -234,13 +316,21 @@ class Store:
             candidates = index.by_name(spec)
         hex_id = spec.removeprefix("blake3:").lower()
         if not candidates and len(hex_id) >= MIN_ID_PREFIX and _HEX_ID_RE.match(hex_id):
-            candidates = index.by_hex_prefix(hex_id)
+            candidates = index.by_hex_prefix(hex_id) or index.history_by_hex_prefix(hex_id)
         if len(candidates) == 1:
             return candidates[0]
         if candidates:
-            listed = "\n  ".join(info.ref for info in candidates)
+            listed = "\n  ".join(f"{info.ref} {info.short_id}" for info in candidates)
             raise UsageError(f"{spec!r} matches {len(candidates)} snapshots; pick one:\n  {listed}")
         raise NotFound(
             f"no snapshot matches {spec!r}: give a ref (name@env-tag), a name, or at least "
             f"{MIN_ID_PREFIX} hex characters of an id (warmer ls lists them)"
         )
+
+
+def _kept(
+    planned: Sequence[SnapshotInfo], removed: Sequence[SnapshotInfo]
+) -> tuple[SnapshotInfo, ...]:
+    """What a plan chose and its execution kept (pinned, moved or used meanwhile)."""
+    gone = {(info.ref, info.snapshot) for info in removed}
+    return tuple(info for info in planned if (info.ref, info.snapshot) not in gone)

@@ -115,10 +115,12 @@ class ObjectStore:
         """Stored or staged: either way a put of the same bytes writes nothing."""
         return digest in self._staged or os.path.isfile(self._object(digest))
 
-    def put_bytes(self, data: bytes) -> str:
+    def put_bytes(self, data: bytes, *, repair: bool = False) -> str:
+        """Store `data`; with `repair`, a damaged object of the same name is replaced."""
         digest = digest_bytes(data)
         target = self._name(digest)
-        if digest not in self._staged and not os.path.isfile(target):
+        stored = os.path.isfile(target) and not (repair and not self.check(digest))
+        if digest not in self._staged and not stored:
 
             def fill(fd: int) -> str:
                 _write_all(fd, data)
@@ -136,8 +138,14 @@ class ObjectStore:
                 return self.put_bytes(data), len(data)
             return self.put_stream(source)
 
-    def put_stream(self, stream: BinaryIO, size: int | None = None) -> tuple[str, int]:
-        """Store what `stream` yields, hashing while copying; `size` checks it was all there."""
+    def put_stream(
+        self, stream: BinaryIO, size: int | None = None, *, repair: bool = False
+    ) -> tuple[str, int]:
+        """Store what `stream` yields, hashing while copying; `size` checks it was all there.
+
+        With `repair` (bytes that were verified on the way in: an import, a pull), an object
+        already stored under the same name is re-hashed, and replaced when it is damaged.
+        """
         written = 0
 
         def copy(fd: int) -> str:
@@ -152,7 +160,8 @@ class ObjectStore:
             return f"{ALGORITHM}:{hashing.hexdigest()}"
 
         # The digest is known only at the end: the temp goes to any shard, publish moves it.
-        digest = self._write(os.path.join(self._root, secrets.token_hex(1)), copy, unseen=False)
+        shard = os.path.join(self._root, secrets.token_hex(1))
+        digest = self._write(shard, copy, unseen=False, repair=repair)
         return digest, written
 
     def publish(self) -> None:
@@ -234,12 +243,15 @@ class ObjectStore:
         hexdigest = digest[len(ALGORITHM) + 1 :]
         return f"{self._root}/{hexdigest[:2]}/{hexdigest[2:]}"
 
-    def _write(self, shard: str, fill: Callable[[int], str], *, unseen: bool) -> str:
+    def _write(
+        self, shard: str, fill: Callable[[int], str], *, unseen: bool, repair: bool = False
+    ) -> str:
         """A read-only temp file in `shard`, filled through its descriptor by `fill` (which
         returns the digest), staged.
 
         The temp is removed when `fill` fails or the same bytes are staged already, or stored
-        already (looked up unless the caller has just seen they are not: `unseen`).
+        already (looked up unless the caller has just seen they are not: `unseen`) and, with
+        `repair`, intact (a damaged object is replaced by the temp when it is published).
         """
         self._ensure_shard(shard)
         temp = f"{shard}/{TEMP_PREFIX}{secrets.token_hex(8)}"
@@ -251,8 +263,10 @@ class ObjectStore:
                 os.fchmod(fd, 0o444)  # whatever the umask
             finally:
                 os.close(fd)
+            stored = not unseen and os.path.isfile(self._name(digest))
+            damaged = stored and repair and not self.check(digest)
             with self._staging:
-                if digest not in self._staged and (unseen or not self.has(digest)):
+                if digest not in self._staged and (not stored or damaged):
                     self._staged[digest] = temp
                     staged = True
             return digest

@@ -46,6 +46,16 @@ class GcResult:
 
 
 @dataclass(frozen=True)
+class RemoveResult:
+    """What a prune or `warmer rm` removed, what it kept because it changed since the plan
+    (pinned, moved or used meanwhile), and the bytes freed (0 until `gc` for `rm`)."""
+
+    removed: tuple[SnapshotInfo, ...]
+    kept: tuple[SnapshotInfo, ...]
+    freed: int
+
+
+@dataclass(frozen=True)
 class PrunePlan(Generic[Item, Result]):
     """Deletions planned, then shown (`--dry-run`), confirmed and executed: `warmer prune`
     (refs, least recently used first) and `warmer kernels prune` (kernel entries) both build
@@ -83,6 +93,24 @@ def verify(objects: ObjectStore, index: Index) -> VerifyReport:
         problems.extend(_ref_problems(objects, info, present))
     problems.extend(index.problems())
     return VerifyReport(objects_checked=len(present), problems=problems, garbage=garbage)
+
+
+def verify_snapshot(objects: ObjectStore, info: SnapshotInfo) -> VerifyReport:
+    """Re-hash the manifest and every object of one snapshot (`warmer verify REF`)."""
+    try:
+        with objects.open(info.snapshot) as handle:
+            manifest = Manifest.from_bytes(handle.read())
+    except (BundleError, StoreError) as exc:
+        return VerifyReport(0, [f"{info.ref}: manifest {info.snapshot} is unreadable: {exc}"], 0)
+    digests = sorted({info.snapshot, *(entry.digest for entry in manifest.files)})
+    present = {digest for digest in digests if objects.path(digest).is_file()}
+    problems = [
+        f"corrupt object {digest} ({objects.path(digest)})"
+        for digest in sorted(present)
+        if not objects.check(digest)
+    ]
+    problems.extend(_ref_problems(objects, info, present))
+    return VerifyReport(objects_checked=len(present), problems=problems, garbage=0)
 
 
 def _ref_problems(objects: ObjectStore, info: SnapshotInfo, present: set[str]) -> list[str]:
@@ -130,11 +158,15 @@ def plan_prune(
     *,
     max_size: int | None,
     older_than: float | None,
-    execute: Callable[[tuple[SnapshotInfo, ...]], int],
-) -> PrunePlan[SnapshotInfo, int]:
+    execute: Callable[[tuple[SnapshotInfo, ...]], Result],
+) -> PrunePlan[SnapshotInfo, Result]:
     """Pick refs to drop: unpinned ones idle longer than `older_than` seconds, then the least
-    recently used until the distinct bytes the kept refs reach fit in `max_size`."""
-    refs = sorted(index.all(), key=lambda info: (info.last_access, info.ref))
+    recently used until the distinct bytes the kept refs reach fit in `max_size`. Earlier
+    snapshots of a ref (history rows) are candidates like refs, by their own last use."""
+    refs = sorted(
+        [*index.all(), *index.history()],
+        key=lambda info: (info.last_access, info.ref, info.replaced or 0),
+    )
     contents = index.objects_of(info.snapshot for info in refs)
     sizes = {digest: size for objects in contents.values() for digest, size in objects}
     holders: Counter[str] = Counter(
@@ -142,11 +174,11 @@ def plan_prune(
     )
     kept_bytes = sum(sizes.values())
     freed = 0
-    dropped: dict[str, SnapshotInfo] = {}
+    dropped: dict[tuple[str, str], SnapshotInfo] = {}
 
     def drop(info: SnapshotInfo) -> None:
         nonlocal kept_bytes, freed
-        dropped[info.ref] = info
+        dropped[(info.ref, info.snapshot)] = info
         for digest in {digest for digest, _ in contents[info.snapshot]}:
             holders[digest] -= 1
             if holders[digest] == 0:
@@ -163,6 +195,6 @@ def plan_prune(
         for info in candidates:
             if kept_bytes <= max_size:
                 break
-            if info.ref not in dropped:
+            if (info.ref, info.snapshot) not in dropped:
                 drop(info)
     return PrunePlan(items=tuple(dropped.values()), expected_freed=freed, _execute=execute)

@@ -1,5 +1,9 @@
 """The sqlite index: refs, the objects each snapshot reaches, creation and last-access times.
 
+A commit that moves a ref keeps the snapshot it pointed at as a `history` row of that ref:
+still listed (`warmer ls --all`), still resolvable by id, still live for gc, until a prune or
+`warmer rm` drops it. So nothing a ref held goes without the user asking.
+
 Objects and manifests in the object store are the content; this index is what names them.
 It answers `ls`, `show` and ref lookups without reading manifests, and gives gc and prune
 the set of live objects. WAL mode lets readers work while one process writes; every write is
@@ -9,6 +13,7 @@ one transaction, so a killed process leaves either the old row or the new one.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import sqlite3
 import threading
@@ -23,7 +28,7 @@ from warmer.store.manifest import Manifest
 
 P = ParamSpec("P")
 R = TypeVar("R")
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the history table (an older warmer would sweep its snapshots)
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS refs (
         ref TEXT PRIMARY KEY,
@@ -46,7 +51,24 @@ _SCHEMA = (
         size INTEGER NOT NULL,
         PRIMARY KEY (snapshot, digest)
     ) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS history (
+        ref TEXT NOT NULL,
+        snapshot TEXT NOT NULL,
+        name TEXT NOT NULL,
+        env_tag TEXT NOT NULL,
+        content_id TEXT NOT NULL,
+        files INTEGER NOT NULL,
+        size INTEGER NOT NULL,
+        created REAL NOT NULL,
+        last_access REAL NOT NULL,
+        pinned INTEGER NOT NULL DEFAULT 0,
+        replaced REAL NOT NULL,
+        PRIMARY KEY (ref, snapshot)
+    ) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS history_by_snapshot ON history(snapshot)",
 )
+#: Every snapshot something holds: a ref, or a ref's history.
+_HELD = "SELECT snapshot FROM refs UNION SELECT snapshot FROM history"
 _COLUMNS = "ref, snapshot, name, env_tag, content_id, files, size, created, last_access, pinned"
 #: Upper bound of every string that starts with a given hex prefix.
 _AFTER_HEX = "g"
@@ -54,7 +76,8 @@ _AFTER_HEX = "g"
 
 @dataclass(frozen=True)
 class SnapshotInfo:
-    """One ref and what it points at: a row of `warmer ls`."""
+    """One ref and what it points at: a row of `warmer ls`; with `replaced` set, a snapshot
+    the ref pointed at before (a history row, `warmer ls --all`)."""
 
     ref: str
     snapshot: str
@@ -66,6 +89,7 @@ class SnapshotInfo:
     created: float
     last_access: float
     pinned: bool
+    replaced: float | None = None
 
     @property
     def short_id(self) -> str:
@@ -74,7 +98,7 @@ class SnapshotInfo:
 
 
 def _info(row: Sequence[Any]) -> SnapshotInfo:
-    ref, snapshot, name, env_tag, content_id, files, size, created, last_access, pinned = row
+    ref, snapshot, name, env_tag, content_id, files, size, created, last_access, pinned = row[:10]
     return SnapshotInfo(
         ref=str(ref),
         snapshot=str(snapshot),
@@ -86,6 +110,7 @@ def _info(row: Sequence[Any]) -> SnapshotInfo:
         created=float(created),
         last_access=float(last_access),
         pinned=bool(pinned),
+        replaced=float(row[10]) if len(row) > 10 else None,
     )
 
 
@@ -125,7 +150,8 @@ class Index:
 
     @_serialized
     def put(self, manifest: Manifest, manifest_size: int, now: float) -> SnapshotInfo:
-        """Point `manifest.ref` at the manifest; a new snapshot gets a new creation time.
+        """Point `manifest.ref` at the manifest; a new snapshot gets a new creation time, and
+        the one it replaces becomes a history row of the ref (the pin stays with the ref).
 
         The snapshot's objects are recorded with the manifest object among them, so that
         gc marks and prune counts manifests like any other object.
@@ -159,8 +185,15 @@ class Index:
                     *((snapshot, entry.digest, entry.size) for entry in manifest.files),
                 ],
             )
-            if old is not None:
-                self._forget_if_unreferenced(old.snapshot)
+            self._db.execute(
+                "DELETE FROM history WHERE ref = ? AND snapshot = ?", (manifest.ref, snapshot)
+            )
+            if old is not None and old.snapshot != snapshot:
+                self._db.execute(
+                    f"INSERT OR REPLACE INTO history ({_COLUMNS}, replaced) "
+                    "VALUES (?,?,?,?,?,?,?,?,?,0,?)",
+                    (*dataclasses.astuple(old)[:9], now),
+                )
         info = self.get(manifest.ref)
         assert info is not None
         return info
@@ -189,27 +222,70 @@ class Index:
         return self._select("ORDER BY ref", ())
 
     @_serialized
-    def touch(self, ref: str, now: float) -> None:
-        self._db.execute("UPDATE refs SET last_access = ? WHERE ref = ?", (now, ref))
+    def history(self, ref: str | None = None) -> list[SnapshotInfo]:
+        """Earlier snapshots of `ref` (of every ref when None), newest replacement first."""
+        where, parameters = ("WHERE ref = ? ", (ref,)) if ref is not None else ("", ())
+        rows = self._db.execute(
+            f"SELECT {_COLUMNS}, replaced FROM history {where}ORDER BY ref, replaced DESC",
+            parameters,
+        )
+        return [_info(row) for row in rows]
+
+    @_serialized
+    def history_by_hex_prefix(self, prefix: str) -> list[SnapshotInfo]:
+        """History rows whose snapshot digest starts with the hex `prefix`."""
+        snapshot_prefix = f"blake3:{prefix}"
+        rows = self._db.execute(
+            f"SELECT {_COLUMNS}, replaced FROM history WHERE snapshot >= ? AND snapshot < ? "
+            "ORDER BY ref, replaced DESC",
+            (snapshot_prefix, snapshot_prefix + _AFTER_HEX),
+        )
+        return [_info(row) for row in rows]
+
+    @_serialized
+    def touch(self, info: SnapshotInfo, now: float) -> None:
+        table = "refs" if info.replaced is None else "history"
+        self._db.execute(
+            f"UPDATE {table} SET last_access = ? WHERE ref = ? AND snapshot = ?",
+            (now, info.ref, info.snapshot),
+        )
 
     @_serialized
     def set_pinned(self, ref: str, pinned: bool) -> None:
         self._db.execute("UPDATE refs SET pinned = ? WHERE ref = ?", (int(pinned), ref))
 
     @_serialized
-    def remove(self, refs: Iterable[tuple[str, str]]) -> None:
-        """Delete `(ref, snapshot)` rows, skipping refs that moved to another snapshot since."""
+    def remove(
+        self, rows: Iterable[SnapshotInfo], *, keep_pinned: bool, keep_used: bool
+    ) -> list[SnapshotInfo]:
+        """Delete ref and history rows as planned, in one transaction; returns those deleted.
+
+        Re-checked here, under the caller's exclusive lock: a ref moved to another snapshot
+        since the plan is kept, and so is a row pinned since (`keep_pinned`) or used since
+        (`keep_used`: its last access is not the planned one).
+        """
+        removed = []
         with self._transaction():
-            for ref, snapshot in refs:
-                self._db.execute("DELETE FROM refs WHERE ref = ? AND snapshot = ?", (ref, snapshot))
-                self._forget_if_unreferenced(snapshot)
+            for info in rows:
+                table = "refs" if info.replaced is None else "history"
+                where = "ref = ? AND snapshot = ?"
+                parameters: tuple[object, ...] = (info.ref, info.snapshot)
+                if keep_pinned:
+                    where += " AND pinned = 0"
+                if keep_used:
+                    where += " AND last_access = ?"
+                    parameters += (info.last_access,)
+                cursor = self._db.execute(f"DELETE FROM {table} WHERE {where}", parameters)
+                if cursor.rowcount:
+                    removed.append(info)
+                    self._forget_if_unreferenced(info.snapshot)
+        return removed
 
     @_serialized
     def live_objects(self) -> set[str]:
-        """Every object a ref reaches: its manifest and the manifest's files."""
+        """Every object a ref or its history reaches: manifests and their files."""
         rows = self._db.execute(
-            "SELECT snapshot FROM refs UNION "
-            "SELECT digest FROM snapshot_objects WHERE snapshot IN (SELECT snapshot FROM refs)"
+            f"{_HELD} UNION SELECT digest FROM snapshot_objects WHERE snapshot IN ({_HELD})"
         )
         return {digest for (digest,) in rows}
 
@@ -229,7 +305,7 @@ class Index:
         """Bytes of the distinct objects that refs reach (what dedup leaves on disk)."""
         row = self._db.execute(
             "SELECT COALESCE(SUM(size), 0) FROM (SELECT DISTINCT digest, size "
-            "FROM snapshot_objects WHERE snapshot IN (SELECT snapshot FROM refs))"
+            f"FROM snapshot_objects WHERE snapshot IN ({_HELD}))"
         ).fetchone()
         return int(row[0])
 
@@ -244,11 +320,12 @@ class Index:
         return [_info(row) for row in rows]
 
     def _forget_if_unreferenced(self, snapshot: str) -> None:
-        """Drop the object rows of a snapshot that no ref points at any more."""
+        """Drop the object rows of a snapshot that no ref or history row holds any more."""
         self._db.execute(
             "DELETE FROM snapshot_objects WHERE snapshot = ? "
-            "AND NOT EXISTS (SELECT 1 FROM refs WHERE snapshot = ?)",
-            (snapshot, snapshot),
+            "AND NOT EXISTS (SELECT 1 FROM refs WHERE snapshot = ?) "
+            "AND NOT EXISTS (SELECT 1 FROM history WHERE snapshot = ?)",
+            (snapshot, snapshot, snapshot),
         )
 
     def _transaction(self) -> contextlib.AbstractContextManager[None]:
