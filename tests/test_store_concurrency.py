@@ -10,6 +10,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -23,6 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 WRITER = r"""
 import io, os, random, sys
 from pathlib import Path
+from typing import IO
 from warmer.store import FileEntry, Manifest, Store
 
 root, name, scratch = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[5])
@@ -56,6 +58,7 @@ with Store(root) as store:
 STREAMER = r"""
 import sys
 from pathlib import Path
+from typing import IO
 from warmer.store import FileEntry, Manifest, Store
 
 with Store(Path(sys.argv[1])) as store:
@@ -66,6 +69,7 @@ with Store(Path(sys.argv[1])) as store:
 SLOW_COMMITTER = r"""
 import sys
 from pathlib import Path
+from typing import IO
 from warmer.store import FileEntry, Manifest, Store
 
 with Store(Path(sys.argv[1])) as store:
@@ -242,3 +246,54 @@ def test_processes_opening_a_new_index_together_all_get_in(tmp_path: Path) -> No
             start = time.time() + 0.2
             errors += [e for e in pool.starmap(_open_together, [(path, start)] * 6) if e]
     assert errors == []
+
+
+def warmer(*args: object, stdin: int | None = None) -> subprocess.Popen[str]:
+    """The `warmer` command in a process of its own."""
+    return subprocess.Popen(
+        [sys.executable, "-c", "from warmer.cli import main; main()", *map(str, args)],
+        stdin=stdin,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+
+
+def read_until(stream: IO[str], marker: str) -> str:
+    """What `stream` printed up to `marker` (a prompt ends with no newline)."""
+    seen = ""
+    while marker not in seen:
+        char = stream.read(1)
+        assert char, f"ended before {marker!r}: {seen}"
+        seen += char
+    return seen
+
+
+@pytest.mark.parametrize("change", ["pin", "commit", "rm"])
+def test_what_changes_while_prune_asks_is_checked_again(tmp_path: Path, change: str) -> None:
+    """`warmer prune` plans, then waits on its prompt holding only the shared lock. Another
+    process pins a planned ref (or moves it, or removes one) meanwhile; the prune then
+    deletes only what is still as planned: the pin is never lost."""
+    root = tmp_path / "store"
+    with Store(root) as store:
+        for name in ("keep", "drop"):
+            store.commit(one_file_manifest(store, name))
+    prune = warmer("prune", "--max-size", "0", "--store", root, stdin=subprocess.PIPE)
+    assert prune.stdin is not None and prune.stderr is not None
+    assert "About to delete 2 snapshots" in read_until(prune.stderr, "Proceed? [y/N]: ")
+    if change == "commit":
+        with Store(root) as store:  # the ref moves to new content; the old becomes history
+            store.commit(Manifest("keep", {}, "tag", "blake3:00", one_file_manifest(
+                store, "new").files))  # fmt: skip
+    else:
+        other = warmer(change, "keep@tag", "--store", root, *(["-y"] if change == "rm" else []))
+        assert other.wait(timeout=60) == 0, other.communicate()
+    _out, err = prune.communicate("y\n", timeout=60)
+    assert prune.returncode == 0, err
+    expected = {"pin": [("keep@tag", True)], "commit": [("keep@tag", False)], "rm": []}
+    with Store(root) as store:
+        assert [(info.ref, info.pinned) for info in store.list()] == expected[change]
+        assert store.verify().ok
+    if change == "pin":
+        assert "kept keep@tag" in err and "Deleted 1 snapshot(s)" in err
