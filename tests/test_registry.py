@@ -307,15 +307,19 @@ def test_push_then_restore_auto_on_a_clean_store_hits(
     assert report["reference"] == f"{repo}:{manifest.env_tag}" and report["layers_uploaded"] >= 1
     # a bundle for another environment in the same repository: --auto must pass it over
     foreign = synthetic(Store(tmp_path / "store"), "kernels", {"/x/y": 10}, torch="2.6.0+cu124")
-    assert warmer("push", foreign, f"{repo}:other", "--store", tmp_path / "store").exit_code == 0
+    other = warmer("push", foreign, f"{repo}:other", "--store", tmp_path / "store", "--json")
+    assert other.exit_code == 0, other.output
+    foreign_tag = json.loads(other.stdout)["snapshot_tag"]
 
     clean = tmp_path / "clean-store"
     pulled = warmer("pull", repo, "--auto", "--store", clean, "--json")
     assert pulled.exit_code == 0, pulled.output
     document = json.loads(pulled.stdout)
     assert document["reference"].endswith(manifest.env_tag)
-    assert [p["tag"] for p in document["passed_over"]] == ["other"]
-    assert any("torch" in reason for reason in document["passed_over"][0]["reasons"])
+    passed = {p["tag"]: p["reasons"] for p in document["passed_over"]}
+    # each push's own snapshot tag too: the foreign one mismatches, ours is the same push
+    assert set(passed) == {"other", foreign_tag, report["snapshot_tag"]}
+    assert any("torch" in reason for reason in passed["other"])
 
     root = tmp_path / "fresh"
     restored = warmer(
@@ -325,6 +329,33 @@ def test_push_then_restore_auto_on_a_clean_store_hits(
     assert json.loads(restored.stdout)["written"] == len(manifest.files)
     events = compile_triton(root / str(triton_cache).lstrip("/"))
     assert events and all(event["cache_hit"] for event in events), events
+
+
+@needs_registry
+def test_a_push_that_moves_a_tag_leaves_the_earlier_snapshot_reachable(
+    tmp_path: Path, repo: str
+) -> None:
+    """Pushing another snapshot of the same job and env moves the env tag; the verified one
+    pushed before stays under its snapshot tag, and pulls back whole."""
+    root = tmp_path / "store"
+    with Store(root) as store:
+        first = synthetic(store, "job", {"/c/a": 1000}, seed=1)
+        _, manifest = store.resolve(first, touch=False)
+        verified = store.commit(manifest.with_verify({"hit_rate": 1.0}))
+    one = json.loads(warmer("push", verified.ref, repo, "--store", root, "--json").stdout)
+    assert one["reference"] == f"{repo}:{sanitize_tag(manifest.env_tag)}"
+    assert one["snapshot_tag"].endswith("-" + verified.short_id)
+    with Store(root) as store:
+        rerun = synthetic(store, "job", {"/c/a": 1000}, seed=2)  # same ref, new content
+    two = json.loads(warmer("push", rerun, repo, "--store", root, "--json").stdout)
+    assert two["reference"] == one["reference"] and two["snapshot_tag"] != one["snapshot_tag"]
+    moved = warmer("pull", one["reference"], "--store", tmp_path / "a", "--json")
+    assert json.loads(moved.stdout)["digest"] == two["digest"]
+    kept = warmer("pull", f"{repo}:{one['snapshot_tag']}", "--store", tmp_path / "b", "--json")
+    assert kept.exit_code == 0, kept.output
+    assert json.loads(kept.stdout)["digest"] == one["digest"]
+    shown = warmer("show", "job", "--store", tmp_path / "b", "--json")
+    assert json.loads(shown.stdout)["verify"] == {"hit_rate": 1.0}
 
 
 @needs_registry

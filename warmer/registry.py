@@ -133,6 +133,8 @@ class PushReport:
     layers_uploaded: int
     bytes_sent: int
     base: str | None
+    #: the tag of this snapshot alone (`snapshot_tag`), which a later push never moves
+    snapshot_tag: str
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -302,7 +304,8 @@ def push(
     base: str | None = None,
     progress: Progress | None = None,
 ) -> PushReport:
-    """Push the snapshot `ref` of `store` to `target` (default tag: its env tag)."""
+    """Push the snapshot `ref` of `store` to `target` (default tag: its env tag), and under
+    its `snapshot_tag`."""
     _info, manifest = store.resolve(ref)
     registry = Registry(target, insecure=insecure)
     tag = target.tag or sanitize_tag(manifest.env_tag)
@@ -355,6 +358,8 @@ def push(
     if form == "artifact":
         document["artifactType"] = ARTIFACT_TYPE
     body = json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
+    kept = snapshot_tag(manifest)
+    registry.put_manifest(kept, body)  # first: the tag that moves never holds a lone push
     digest = registry.put_manifest(tag, body)
     return PushReport(
         reference=str(reference),
@@ -367,7 +372,15 @@ def push(
         layers_uploaded=uploaded,
         bytes_sent=registry.bytes_sent,
         base=str(base_published.reference) if base_published else None,
+        snapshot_tag=kept,
     )
+
+
+def snapshot_tag(manifest: Manifest) -> str:
+    """`<env tag>-<12 hex of the snapshot id>`: every push puts this tag beside the one it
+    was given, so a push that moves a tag (the env tag by default) to another snapshot
+    leaves the earlier one reachable, as a ref's history keeps it in the store."""
+    return f"{sanitize_tag(manifest.env_tag)[:115]}-{manifest.digest.partition(':')[2][:12]}"
 
 
 def _no_such_tag(

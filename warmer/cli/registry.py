@@ -50,8 +50,10 @@ def push(
     """Push SOURCE (a bundle file, a registry reference or a store ref) to TARGET,
     REGISTRY/REPO[:TAG].
 
-    The tag defaults to the env tag. Without TARGET, the configured registry is used
-    (REGISTRY/PREFIX/<job name>:<env tag>, see configs/warmer.yaml).
+    The tag defaults to the env tag; the push is also tagged <env tag>-<snapshot id>, a tag
+    that no later push moves, so an earlier push stays reachable. Without TARGET, the
+    configured registry is used (REGISTRY/PREFIX/<job name>:<env tag>, see
+    configs/warmer.yaml).
     """
     from warmer.bundle import import_bundle
     from warmer.errors import UsageError
@@ -94,7 +96,7 @@ def push(
         f"pushed {info.ref} -> {report.reference} ({report.form}, {report.digest[:19]}…): "
         f"{report.layers} layers, {report.layers_reused} reused from "
         f"{report.base or 'no base'}, {format_size(report.bytes_sent)} sent of "
-        f"{format_size(report.bytes)}"
+        f"{format_size(report.bytes)}; also tagged {report.snapshot_tag} (never moved)"
     )
 
 
