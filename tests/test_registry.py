@@ -359,6 +359,20 @@ def test_a_push_that_moves_a_tag_leaves_the_earlier_snapshot_reachable(
 
 
 @needs_registry
+def test_a_damaged_store_object_is_never_pushed(tmp_path: Path, repo: str) -> None:
+    root = tmp_path / "store"
+    with Store(root) as store:
+        ref = synthetic(store, "job", {"/c/a": 5000, "/c/b": 7000}, seed=uuid.uuid4().int)
+        entry = store.resolve(ref, touch=False)[1].files[1]
+        victim = store.objects.path(entry.digest)
+    victim.chmod(0o644)
+    victim.write_bytes(victim.read_bytes()[:-1] + b"?")
+    refused = warmer("push", ref, f"{repo}:t", "--store", root)
+    assert refused.exit_code == 1 and f"store object {entry.digest} (/c/b)" in refused.output
+    assert warmer("pull", f"{repo}:t", "--store", tmp_path / "other").exit_code == 2  # no tag
+
+
+@needs_registry
 def test_second_push_sharing_most_files_sends_only_the_difference(
     tmp_path: Path, repo: str
 ) -> None:
