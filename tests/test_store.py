@@ -548,3 +548,20 @@ def test_prune_skips_a_ref_replaced_after_planning(store: Store) -> None:
 def test_prune_needs_a_limit(store: Store) -> None:
     with pytest.raises(UsageError, match="max_size or older_than"):
         store.plan_prune(max_size=None, older_than=None)
+
+
+def test_an_index_of_schema_1_gains_history_and_an_older_warmer_is_kept_out(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "store"
+    with Store(root) as store:
+        first = store.commit(manifest("job", put_files(store, {"/a": b"1"})))
+    with sqlite3.connect(root / "store-v1" / "index.sqlite") as db:
+        db.execute("DROP TABLE history")
+        db.execute("PRAGMA user_version = 1")
+    with Store(root) as store:
+        store.commit(manifest("job", put_files(store, {"/a": b"2"})))
+        assert [info.snapshot for info in store.history()] == [first.snapshot]
+    with sqlite3.connect(root / "store-v1" / "index.sqlite") as db:
+        # warmer of schema 1 refuses a newer index instead of sweeping the history
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 2

@@ -29,29 +29,8 @@ from warmer.store.manifest import Manifest
 P = ParamSpec("P")
 R = TypeVar("R")
 SCHEMA_VERSION = 2  # 2: the history table (an older warmer would sweep its snapshots)
-_SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS refs (
-        ref TEXT PRIMARY KEY,
-        snapshot TEXT NOT NULL,
-        name TEXT NOT NULL,
-        env_tag TEXT NOT NULL,
-        content_id TEXT NOT NULL,
-        files INTEGER NOT NULL,
-        size INTEGER NOT NULL,
-        created REAL NOT NULL,
-        last_access REAL NOT NULL,
-        pinned INTEGER NOT NULL DEFAULT 0
-    ) WITHOUT ROWID""",
-    "CREATE INDEX IF NOT EXISTS refs_by_snapshot ON refs(snapshot)",
-    "CREATE INDEX IF NOT EXISTS refs_by_name ON refs(name)",
-    "CREATE INDEX IF NOT EXISTS refs_by_content ON refs(content_id)",
-    """CREATE TABLE IF NOT EXISTS snapshot_objects (
-        snapshot TEXT NOT NULL,
-        digest TEXT NOT NULL,
-        size INTEGER NOT NULL,
-        PRIMARY KEY (snapshot, digest)
-    ) WITHOUT ROWID""",
-    """CREATE TABLE IF NOT EXISTS history (
+#: The columns of a ref row, shared by `history` (a ref's earlier snapshots).
+_ROW = """
         ref TEXT NOT NULL,
         snapshot TEXT NOT NULL,
         name TEXT NOT NULL,
@@ -61,7 +40,19 @@ _SCHEMA = (
         size INTEGER NOT NULL,
         created REAL NOT NULL,
         last_access REAL NOT NULL,
-        pinned INTEGER NOT NULL DEFAULT 0,
+        pinned INTEGER NOT NULL DEFAULT 0"""
+_SCHEMA = (
+    f"CREATE TABLE IF NOT EXISTS refs ({_ROW}, PRIMARY KEY (ref)) WITHOUT ROWID",
+    "CREATE INDEX IF NOT EXISTS refs_by_snapshot ON refs(snapshot)",
+    "CREATE INDEX IF NOT EXISTS refs_by_name ON refs(name)",
+    "CREATE INDEX IF NOT EXISTS refs_by_content ON refs(content_id)",
+    """CREATE TABLE IF NOT EXISTS snapshot_objects (
+        snapshot TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        PRIMARY KEY (snapshot, digest)
+    ) WITHOUT ROWID""",
+    f"""CREATE TABLE IF NOT EXISTS history ({_ROW},
         replaced REAL NOT NULL,
         PRIMARY KEY (ref, snapshot)
     ) WITHOUT ROWID""",
