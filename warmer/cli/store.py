@@ -56,6 +56,11 @@ def ls(
             infos = [info for info in infos if info.ref in wanted]
             earlier = [info for info in earlier if info.ref in wanted]
         stored = opened.stored_size()
+        shown = sorted([*infos, *earlier], key=_listed) if history else infos
+        if quiet and not as_json:  # ids for scripts: no scan of the objects
+            for info in shown:
+                click.echo(info.ref if info.replaced is None else info.short_id)
+            return
         garbage = opened.unreferenced()
     referenced = sum(info.size for info in infos)
     unreferenced = garbage.objects_removed + garbage.temp_files_removed
@@ -69,11 +74,6 @@ def ls(
                 "unreferenced": {"files": unreferenced, "bytes": garbage.bytes_freed},
             }
         )
-        return
-    shown = sorted([*infos, *earlier], key=_listed) if history else infos
-    if quiet:
-        for info in shown:
-            click.echo(info.ref if info.replaced is None else info.short_id)
         return
     if not shown:
         console.print(f"No snapshots in {opened.root}.")
