@@ -565,3 +565,19 @@ def test_an_index_of_schema_1_gains_history_and_an_older_warmer_is_kept_out(
     with sqlite3.connect(root / "store-v1" / "index.sqlite") as db:
         # warmer of schema 1 refuses a newer index instead of sweeping the history
         assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+
+
+def test_a_put_with_repair_replaces_a_damaged_object(store: Store) -> None:
+    """Import and commit check what a put would skip as already stored: a damaged object
+    (a file's or a manifest's) is replaced by the good bytes, not kept."""
+    data = b"good bytes " * 1000
+    snapshot = manifest("job", put_files(store, {"/a": data}))
+    info = store.commit(snapshot)
+    for digest in (snapshot.files[0].digest, info.snapshot):
+        flip_byte(store.objects.path(digest))
+    assert store.put_stream(io.BytesIO(data))[0] == snapshot.files[0].digest
+    assert not store.verify().ok  # a plain put trusts what is stored
+    assert store.put_stream(io.BytesIO(data), repair=True)[0] == snapshot.files[0].digest
+    store.commit(snapshot)  # the manifest again: checked, replaced
+    assert store.verify().ok and store.resolve("job")[1] == snapshot
+    assert stat.S_IMODE(store.objects.path(info.snapshot).stat().st_mode) == 0o444

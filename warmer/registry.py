@@ -359,7 +359,7 @@ def push(
         document["artifactType"] = ARTIFACT_TYPE
     body = json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
     kept = snapshot_tag(manifest)
-    registry.put_manifest(kept, body)  # first: the tag that moves never holds a lone push
+    registry.put_manifest(kept, body)  # first, so what the moved tag held before stays tagged
     digest = registry.put_manifest(tag, body)
     return PushReport(
         reference=str(reference),
@@ -630,7 +630,7 @@ def _fetch(
                     digest = listed.get(path)
                     if digest is None or digest not in need:
                         continue
-                    got, _size = store.put_stream(cast(BinaryIO, member), None, repair=True)
+                    got, _size = store.put_stream(cast(BinaryIO, member), None)
                     if got != digest:
                         where = f"{published.reference}: layer {layer.digest}: {path}"
                         raise RegistryError(mismatch(where, got, digest, "the manifest"))

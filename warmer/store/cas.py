@@ -143,7 +143,7 @@ class ObjectStore:
     ) -> tuple[str, int]:
         """Store what `stream` yields, hashing while copying; `size` checks it was all there.
 
-        With `repair` (bytes that were verified on the way in: an import, a pull), an object
+        With `repair` (bytes that were verified on the way in: an import), an object
         already stored under the same name is re-hashed, and replaced when it is damaged.
         """
         written = 0
