@@ -101,6 +101,11 @@ def _listed(info: SnapshotInfo) -> tuple[str, int, float]:
     return (info.ref, info.replaced is not None, -(info.replaced or 0))
 
 
+def _label(info: SnapshotInfo) -> str:
+    """A ref, or `REF (earlier)` for one of its earlier snapshots, in a plan's table."""
+    return info.ref if info.replaced is None else f"{info.ref} (earlier)"
+
+
 def _ls_row(info: SnapshotInfo) -> tuple[object, ...]:
     ref = info.ref if info.replaced is None else f"  earlier, replaced {ago(info.replaced)}"
     pinned = "yes" if info.pinned else ""
@@ -287,7 +292,10 @@ def prune(
         if not as_json and plan.items:
             table(
                 ["REF", "ID", "SIZE", "LAST USED"],
-                [(i.ref, i.short_id, format_size(i.size), ago(i.last_access)) for i in plan.items],
+                [
+                    (_label(i), i.short_id, format_size(i.size), ago(i.last_access))
+                    for i in plan.items
+                ],
                 right=["SIZE"],
             )
         result = _confirm_and_execute(plan, dry_run=dry_run, yes=yes)
@@ -366,7 +374,7 @@ def rm(
                 ["REF", "ID", "SIZE", "CREATED", "PINNED"],
                 [
                     (
-                        _ls_row(info)[0],
+                        _label(info),
                         info.short_id,
                         format_size(info.size),
                         ago(info.created),
