@@ -42,7 +42,9 @@ def save(
     """Snapshot this machine's compile caches into the store and export a bundle."""
     from warmer.saving import save as save_caches
     from warmer.store import Store
+    from warmer.store.manifest import check_name
 
+    check_name(name, "--name")
     kind_list = [k.strip() for k in kinds.split(",") if k.strip()] if kinds else None
     with progress_bar("saving") as update:
         result = save_caches(
