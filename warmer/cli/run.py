@@ -258,7 +258,10 @@ class _Pusher:
                 "--push needs a registry: --registry REGISTRY/PREFIX, WARMER_REGISTRY, "
                 "or registry.url in the config"
             )
-        Reference.parse(self.registry)
+        try:
+            Reference.parse(self.registry)
+        except UsageError as exc:
+            raise UsageError(f"{'--registry' if value else 'the registry'}: {exc}") from None
         self.insecure = settings.insecure
 
     def __call__(self, store: Store, result: JobResult) -> dict[str, Any]:
