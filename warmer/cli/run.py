@@ -89,6 +89,7 @@ def run(
     from warmer.errors import UsageError
     from warmer.fanout import FanOut
     from warmer.runtimes import available_runtime, get_runtime
+    from warmer.runtimes.base import MIN_SECRET_LENGTH, secret_pieces
     from warmer.spec import load_jobs, require_images
     from warmer.store import Store
 
@@ -99,6 +100,14 @@ def run(
     missing = sorted({name for job in jobs for name in job.secrets if name not in os.environ})
     if missing:
         raise UsageError(f"secret(s) not set in this environment: {', '.join(missing)}")
+    short = sorted(
+        {name for job in jobs for name in job.secrets if not secret_pieces(os.environ[name])}
+    )
+    if short:
+        console.print(
+            f"warning: secret(s) {', '.join(short)} shorter than {MIN_SECRET_LENGTH} characters: "
+            "not masked in the log, not looked for in the caches"
+        )
     if hosts is not None and runtime not in (None, "docker"):
         raise UsageError(f"--hosts runs jobs on Docker engines: --runtime {runtime} does not apply")
     if runtime is None and hosts is None:

@@ -17,6 +17,7 @@ import dataclasses
 import re
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
@@ -103,6 +104,10 @@ class Store:
     def put_bytes(self, data: bytes) -> str:
         self._use(write=True)
         return self.objects.put_bytes(data)
+
+    def discard(self, digests: Iterable[str]) -> None:
+        """Drop objects put and not committed yet (a harvest that found a secret in them)."""
+        self.objects.discard(digests)
 
     def open_object(self, digest: str) -> BinaryIO:
         self._use()
