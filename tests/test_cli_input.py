@@ -120,6 +120,8 @@ BAD_INPUTS: list[tuple[list[str], dict[str, str], str]] = [
         {},
         "--registry",
     ),
+    (["run", "{ok_job}", "--out", "{tmp}/out"], {"WARMER_HOSTS": "::"}, "WARMER_HOSTS"),
+    (["kernels", "ls", "--cache-dir", "{tmp}/nope"], {}, "{tmp}/nope"),
     (["ls"], {"WARMER_CONFIG": "{tmp}/nope.yaml"}, "WARMER_CONFIG"),
 ]
 
@@ -138,7 +140,7 @@ def test_bad_input_exits_2_names_it_and_creates_nothing(
         "tmp": str(tmp_path),
         "bundle": str(_bundle(tmp_path)),
         "job": str(command_job(tmp_path, "true", "bare.yaml", timeout=20)),
-        "ok_job": str(command_job(tmp_path, "true")),
+        "ok_job": str(command_job(tmp_path, "true", image="x:y")),
     }
     state = tmp_path / "state"
     environ = {

@@ -188,7 +188,8 @@ def test_masker_hides_every_line_of_a_multi_line_value() -> None:
     key = "-----BEGIN KEY-----\r\nMIIEvQIBADANBg\nkqhkiG9w0BAQEF\n-----END KEY-----\n"
     mask = masker([key])
     printed = f"key: {key}done".splitlines()
-    assert [mask(line.rstrip("\r")) for line in printed] == ["key: ***", "***", "***", "***", "done"]
+    masked = [mask(line.rstrip("\r")) for line in printed]
+    assert masked == ["key: ***", "***", "***", "***", "done"]
 
 
 def test_masker_leaves_values_too_short_to_mask() -> None:
