@@ -187,13 +187,13 @@ def collect_stream(
             if recorded != path and is_triton_group(path):
                 data = rewrite_group(data, os.path.dirname(recorded)) or data
             scan.feed(data)
-            digest = None if scan.found else store.put_bytes(data)
-            size = len(data)
+            if not scan.found:
+                digest, size = store.put_bytes(data), len(data)
         else:
             digest, size = store.put_stream(scan.reader(reader), size)
             if scan.found:
                 store.discard([digest])
-        if scan.found or digest is None:
+        if scan.found:
             harvest.leaks.extend((recorded, name) for name in sorted(scan.found))
             continue
         harvest.entries.append(
