@@ -273,3 +273,30 @@ def test_ctrl_c_during_a_save_leaves_the_store_whole(tmp_path: Path) -> None:
     )
     assert checked.returncode == 0 and json.loads(checked.stdout)["ok"], checked.stdout
     assert not (tmp_path / "out").exists()
+
+
+def test_ctrl_c_at_a_prompt_exits_130_and_deletes_nothing(store_dir: Path, tmp_path: Path) -> None:
+    """click turns Ctrl-C at a prompt into its own Abort ("Aborted!", exit 1)."""
+    env = {**warmer_environ(tmp_path), "WARMER_STORE": str(store_dir)}
+    log = tmp_path / "stderr.txt"
+    with log.open("w") as stderr:
+        process = subprocess.Popen(
+            [*WARMER, "prune", "--max-size", "0"],
+            env=env,
+            stdin=subprocess.PIPE,  # open, never written: the prompt waits
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            text=True,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 60
+        while "Proceed?" not in log.read_text():
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        os.killpg(process.pid, signal.SIGINT)
+        assert process.wait(timeout=60) == 130
+    printed = log.read_text()
+    assert "interrupted" in printed and "Aborted!" not in printed and "Traceback" not in printed
+    listed = subprocess.run([*WARMER, "ls", "-q"], env=env, capture_output=True, text=True)
+    [ref] = listed.stdout.split()
+    assert ref.startswith("tiny@")
