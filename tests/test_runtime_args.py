@@ -178,9 +178,23 @@ def test_secrets_read_from_environment_and_missing_ones_named() -> None:
 
 
 def test_masker_hides_every_value_longest_first() -> None:
-    mask = masker(["abc", "abcdef", ""])
-    assert mask("x abcdef y abc z") == "x *** y *** z"
+    mask = masker(["abcd", "abcdefgh", ""])
+    assert mask("x abcdefgh y abcd z") == "x *** y *** z"
     assert mask("nothing here") == "nothing here"
+
+
+def test_masker_hides_every_line_of_a_multi_line_value() -> None:
+    """Output arrives line by line, so a multi-line value never shows whole in one line."""
+    key = "-----BEGIN KEY-----\r\nMIIEvQIBADANBg\nkqhkiG9w0BAQEF\n-----END KEY-----\n"
+    mask = masker([key])
+    printed = f"key: {key}done".splitlines()
+    masked = [mask(line.rstrip("\r")) for line in printed]
+    assert masked == ["key: ***", "***", "***", "***", "done"]
+
+
+def test_masker_leaves_values_too_short_to_mask() -> None:
+    """A 3-character secret would mask ordinary text everywhere; `warmer run` warns instead."""
+    assert masker(["abc"])("abc abcd") == "abc abcd"
 
 
 def test_open_chunks_reads_a_tar_split_at_odd_places() -> None:

@@ -202,11 +202,22 @@ def test_yaml_scalars_keep_what_was_written(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("timeout", "seconds"), [("90s", 90.0), ("30m", 1800.0), ("2h", 7200.0), (45, 45.0)]
+    ("timeout", "seconds"), [("90s", 90.0), ("30m", 1800.0), ("2h", 7200.0), ("500ms", 0.5)]
 )
 def test_timeout_forms(tmp_path: Path, timeout: Any, seconds: float) -> None:
     (job,) = load_jobs(write(tmp_path, yaml.safe_dump(changed(VLLM_JOB, timeout=timeout))))
     assert job.timeout == seconds
+
+
+@pytest.mark.parametrize("timeout", ["20", "timeout: 20", "timeout: 2.5", "timeout: '20'"])
+def test_a_timeout_without_a_unit_is_refused(tmp_path: Path, timeout: str) -> None:
+    """`timeout: 20` meant 20 seconds: every duration carries its unit."""
+    line = timeout if ":" in timeout else f"timeout: '{timeout}'"
+    path = write(tmp_path, f"name: v\nengine: {{kind: vllm, model: org/m}}\n{line}\n")
+    problems = problems_in(path)
+    assert [p.field for p in problems] == ["timeout"]
+    number = line.split(":")[1].strip().strip("'")
+    assert f"{number} has no unit: write {number}s, {number}m" in problems[0].message
 
 
 def test_command_string_is_split_like_a_shell(tmp_path: Path) -> None:
@@ -227,9 +238,15 @@ def test_manifest_round_trips_and_holds_secret_names_only(
     text = json.dumps(manifest)
     assert "hf_secret_value" not in text
     assert manifest["secrets"] == ["HF_TOKEN"]
-    assert Job.model_validate(json.loads(text)) == job
+    assert Job.model_validate(as_spec(json.loads(text))) == job
     (tiny,) = load_jobs(JOBS / "tiny-cpu.yaml")
-    assert Job.model_validate(json.loads(json.dumps(tiny.to_manifest()))) == tiny
+    assert Job.model_validate(as_spec(json.loads(json.dumps(tiny.to_manifest())))) == tiny
+
+
+def as_spec(stored: dict[str, Any]) -> dict[str, Any]:
+    """A stored job as a spec again: the manifest keeps the timeout in seconds (the agent's
+    reading), a spec writes its unit."""
+    return {**stored, "timeout": f"{stored['timeout']}s"}
 
 
 def test_only_keeps_one_job(tmp_path: Path) -> None:

@@ -244,7 +244,9 @@ def test_from_bytes_refuses_non_json_and_missing_fields() -> None:
 
 
 def test_store_layout_has_cachedir_tag_and_index(store: Store) -> None:
-    assert store.list() == []
+    assert store.list() == [] and store.gc().objects_removed == 0 and store.verify().ok
+    assert not store.root.parent.exists(), "reading a missing store created it"
+    store.put_bytes(b"x")
     assert (
         (store.root / "CACHEDIR.TAG")
         .read_bytes()
@@ -413,7 +415,7 @@ def test_resolve_records_the_access_and_show_does_not(store: Store) -> None:
 
 
 def test_ref_lookups_use_the_indexes(store: Store) -> None:
-    store.list()
+    store.put_bytes(b"")  # creates the store and its index
     with sqlite3.connect(store.root / "index.sqlite") as db:
         plans = {
             "ref": "SELECT * FROM refs WHERE ref = 'a@b'",

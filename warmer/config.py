@@ -15,6 +15,7 @@ processes, which reads $WARMER_STATE_DIR through `warmer.kernels.formats.state_d
 from __future__ import annotations
 
 import os
+import re
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,8 +25,16 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from pydantic.dataclasses import dataclass
 
 from warmer.errors import UsageError
+from warmer.units import parse_size
 
 CONFIG_ENV = "WARMER_CONFIG"
+#: The cold tier's REGISTRY/PREFIX: `host.name[:port]`, `localhost[:port]` or `[::1]:port`,
+#: then a repository path as OCI writes it (warmer.oci checks each full reference again).
+_REGISTRY_PREFIX_RE = re.compile(
+    r"(?:[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+(?::\d+)?|localhost(?::\d+)?|[A-Za-z0-9-]+:\d+"
+    r"|\[[0-9A-Fa-f:]+\](?::\d+)?)"
+    r"/[a-z0-9]+(?:[._-]+[a-z0-9]+)*(?:/[a-z0-9]+(?:[._-]+[a-z0-9]+)*)*"
+)
 BACKENDS = ("cuda", "rocm", "cpu")
 
 
@@ -92,6 +101,25 @@ class Settings(BaseModel):
     @classmethod
     def _expand_user(cls, value: Path | None) -> Path | None:
         return value.expanduser() if value is not None else None
+
+    @field_validator("registry")
+    @classmethod
+    def _registry_prefix(cls, value: str | None) -> str | None:
+        """REGISTRY/PREFIX, checked when read: a bad one is refused naming the variable or
+        key, before any command creates or contacts anything."""
+        if value is not None and not _REGISTRY_PREFIX_RE.fullmatch(value):
+            raise ValueError(
+                f"{value!r} is not REGISTRY/PREFIX: a host (with a '.' or a port, or "
+                "localhost), then a lowercase repository path, e.g. ghcr.io/acme/warm-caches"
+            )
+        return value
+
+    @field_validator("max_size")
+    @classmethod
+    def _size(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_size(value)
+        return value
 
     @field_validator("hosts")
     @classmethod
@@ -198,7 +226,7 @@ def _explain(exc: ValidationError, source: Mapping[str, str]) -> str:
     where = source.get(str(field), str(field))
     for part in rest:
         where += f"[{part}]" if isinstance(part, int) else f".{part}"
-    return f"{where}: {error['msg']}"
+    return f"{where}: {error['msg'].removeprefix('Value error, ')}"
 
 
 _last: tuple[tuple[object, ...], Settings] | None = None

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 from warmer.caches import (
     CacheRoot,
@@ -39,10 +39,12 @@ _PARALLEL_PUTS = min(8, os.cpu_count() or 2)
 
 @dataclass
 class Harvest:
-    """What a harvest collected: manifest entries, and the new files that matched no kind."""
+    """What a harvest collected: manifest entries, the new files that matched no kind, and
+    the files that hold a secret's value (`(path, secret name)`: never stored)."""
 
     entries: list[FileEntry] = field(default_factory=list)
     unclassified: list[str] = field(default_factory=list)
+    leaks: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def size(self) -> int:
@@ -113,6 +115,42 @@ def collect_host_files(
     return harvest
 
 
+class SecretScan:
+    """Looks for secret values in bytes as they stream past, once per byte whatever the
+    number of secrets: a value split across two reads is found too (the end of each read is
+    kept for the next). `needles` maps a secret's name to the byte strings that give it away
+    (`warmer.runtimes.base.secret_pieces`)."""
+
+    def __init__(self, needles: Mapping[str, Sequence[bytes]]) -> None:
+        self.needles = {name: pieces for name, pieces in needles.items() if pieces}
+        longest = max((len(p) for pieces in self.needles.values() for p in pieces), default=1)
+        self._keep = longest - 1
+        self._tail = b""
+        #: the names of the secrets found so far
+        self.found: set[str] = set()
+
+    def feed(self, chunk: bytes) -> None:
+        window = self._tail + chunk
+        for name, pieces in self.needles.items():
+            if name not in self.found and any(piece in window for piece in pieces):
+                self.found.add(name)
+        self._tail = window[-self._keep :] if self._keep else b""
+
+    def reader(self, stream: BinaryIO) -> BinaryIO:
+        """`stream`, fed to this scan as it is read (`read` is all that a put calls)."""
+        return cast(BinaryIO, _Scanned(stream, self))
+
+
+class _Scanned:
+    def __init__(self, stream: BinaryIO, scan: SecretScan) -> None:
+        self.stream, self.scan = stream, scan
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = self.stream.read(size)
+        self.scan.feed(chunk)
+        return chunk
+
+
 def collect_stream(
     store: Store,
     members: Iterable[tuple[str, int, int, BinaryIO]],
@@ -121,11 +159,14 @@ def collect_stream(
     wanted: Callable[[str], bool] = lambda _path: True,
     mapping: Mapping[str, str] | None = None,
     progress: Progress | None = None,
+    secrets: Mapping[str, Sequence[bytes]] | None = None,
 ) -> Harvest:
     """Store the `wanted` files streamed out of a run: `(absolute path, size, mode, reader)`.
 
     Files under no root are listed as unclassified, not stored. Each file is recorded at
-    `relocate(path, mapping)`.
+    `relocate(path, mapping)`. A file holding one of the `secrets` (name -> the byte strings
+    that give it away) is listed in `leaks` and kept out of the store: it is scanned as it is
+    read, and a large one that was streamed into the store already is dropped from it again.
     """
     mapping = mapping or {}
     harvest = Harvest()
@@ -140,13 +181,21 @@ def collect_stream(
         if is_ignored(os.path.relpath(path, root)):
             continue
         recorded = relocate(path, mapping)
+        scan = SecretScan(secrets or {})
         if size <= 16 << 20:
             data = reader.read()
             if recorded != path and is_triton_group(path):
                 data = rewrite_group(data, os.path.dirname(recorded)) or data
-            digest, size = store.put_bytes(data), len(data)
+            scan.feed(data)
+            if not scan.found:
+                digest, size = store.put_bytes(data), len(data)
         else:
-            digest, size = store.put_stream(reader, size)
+            digest, size = store.put_stream(scan.reader(reader), size)
+            if scan.found:
+                store.discard([digest])
+        if scan.found:
+            harvest.leaks.extend((recorded, name) for name in sorted(scan.found))
+            continue
         harvest.entries.append(
             FileEntry(path=recorded, kind=kind, digest=digest, size=size, mode=mode & 0o777)
         )

@@ -29,7 +29,15 @@ from warmer.envkey import EnvKey
 from warmer.errors import JobFailed
 from warmer.harvest import Harvest, collect_stream, snapshot
 from warmer.progress import Progress, silent
-from warmer.runtimes.base import AGENT_PACKAGE_TARGET, ContainerSpec, Mount, RunOutcome, Runtime
+from warmer.runtimes.base import (
+    AGENT_PACKAGE_TARGET,
+    ContainerSpec,
+    Mount,
+    RunOutcome,
+    Runtime,
+    read_secrets,
+    secret_pieces,
+)
 from warmer.spec import Job, require_images
 from warmer.store import Store
 from warmer.store.manifest import Manifest
@@ -288,13 +296,25 @@ class Runner:
                     if reader is not None:
                         yield info.name, info.size, info.mode, reader
 
+        secrets = read_secrets(job.secrets)
         harvest = collect_stream(
             self.store,
             members(),
             touched,
             wanted=changed_set.__contains__,
             mapping=mapping,
+            secrets={
+                name: [piece.encode() for piece in secret_pieces(value)]
+                for name, value in secrets.items()
+            },
         )
+        if harvest.leaks:
+            found = "; ".join(f"{path} holds {name}" for path, name in harvest.leaks[:10])
+            more = f" (and {len(harvest.leaks) - 10} more)" if len(harvest.leaks) > 10 else ""
+            raise JobFailed(
+                f"job {job.name} wrote the value of a secret into its caches: {found}{more}; "
+                "nothing was published (keep secrets out of cache directories)"
+            )
         harvest.unclassified.extend(
             p for p in _leaves(changed) if not any(p.startswith(r.path + "/") for r in roots)
         )

@@ -17,7 +17,7 @@ from warmer.errors import UsageError
 from warmer.harvest import Harvest, collect_host_files, snapshot, walk_roots
 from warmer.progress import Progress
 from warmer.store import SnapshotInfo, Store
-from warmer.store.manifest import Manifest
+from warmer.store.manifest import Manifest, check_name
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,7 @@ def save(
     progress: Progress | None = None,
 ) -> SaveResult:
     """Snapshot this machine's caches (all kinds, or `kinds`) and export a bundle to `out`."""
+    check_name(name, "name")  # before the harvest writes anything to the store
     store = store or Store()
     try:
         chosen = select(

@@ -370,6 +370,7 @@ class Job(BaseModel):
     @field_validator("timeout", mode="before")
     @classmethod
     def _duration(cls, timeout: Any) -> Any:
+        """`20m`; a bare number (`timeout: 20`) is refused, not read as seconds."""
         return parse_duration(timeout) if isinstance(timeout, str | int | float) else timeout
 
     @model_validator(mode="after")

@@ -5,22 +5,31 @@ from __future__ import annotations
 import re
 
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$")
+_NUMBER_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*$")
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
 
 
 def parse_duration(value: str | float | int) -> float:
-    """Seconds from `90`, `90s`, `30m`, `2h`, `7d`, `2w` (a bare number means seconds)."""
-    if isinstance(value, bool):
-        raise ValueError(f"not a duration: {value!r}")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    else:
-        match = _DURATION_RE.match(value)
-        if not match:
-            raise ValueError(f"not a duration: {value!r} (use e.g. 90s, 30m, 2h, 7d, 2w)")
-        seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2) or "s"]
+    """Seconds from `90s`, `30m`, `2h`, `7d`, `2w` (or `500ms`).
+
+    A bare number is refused, whether text or a YAML number: `--older-than 30` meant 30 seconds
+    to the code and 30 days to the user who pruned everything with it. The message says how to
+    write it (`30 has no unit: write 30s, 30m, 30h or 30d`).
+    """
+    number = None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        number = f"{value:g}"
+    elif isinstance(value, str) and _NUMBER_RE.match(value):
+        number = value.strip()
+    if number is not None:
+        units = ", ".join(f"{number}{unit}" for unit in "smh")
+        raise ValueError(f"{number} has no unit: write {units} or {number}d")
+    match = _DURATION_RE.match(value) if isinstance(value, str) else None
+    if not match:
+        raise ValueError(f"not a duration: {value!r} (write e.g. 90s, 30m, 2h, 7d, 2w)")
+    seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
     if seconds <= 0:
         raise ValueError(f"duration must be positive: {value!r}")
     return seconds

@@ -42,14 +42,16 @@ def save(
     """Snapshot this machine's compile caches into the store and export a bundle."""
     from warmer.saving import save as save_caches
     from warmer.store import Store
+    from warmer.store.manifest import check_name
 
+    check_name(name, "--name")
     kind_list = [k.strip() for k in kinds.split(",") if k.strip()] if kinds else None
-    with progress_bar("saving") as update:
+    with Store(store) as opened, progress_bar("saving") as update:
         result = save_caches(
             name=name,
             kinds=kind_list,
             out=out,
-            store=Store(store),
+            store=opened,
             fmt=fmt or current_settings().bundle_format,  # type: ignore[arg-type]
             progress=update,
         )
@@ -108,7 +110,8 @@ def import_(bundle: Path, store: Path | None, as_json: bool) -> None:
     from warmer.bundle import import_bundle
     from warmer.store import Store
 
-    info = import_bundle(Store(store), bundle)
+    with Store(store) as opened:  # a bundle found corrupt halfway leaves no temp files
+        info = import_bundle(opened, bundle)
     if as_json:
         emit_json(
             {"ref": info.ref, "snapshot": info.snapshot, "files": info.files, "bytes": info.size}

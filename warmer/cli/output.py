@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+import click
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
@@ -20,15 +21,17 @@ console = Console(stderr=True, markup=False, highlight=False, soft_wrap=True)
 data_console = Console(markup=False, highlight=False, width=None if sys.stdout.isatty() else 4096)
 
 
-#: Whether this command printed its JSON document (a failure after it adds no second one).
-_json_emitted = False
+#: Set in the command's `click` context once it printed its JSON document (a failure after it
+#: adds no second one); per invocation, so that commands invoked in one process stay apart.
+_JSON_EMITTED = "warmer.json_emitted"
 
 
 def emit_json(document: Any) -> None:
     """Print one JSON document on stdout and nothing else (indented only for a terminal:
     indenting switches Python to its slow pure-Python encoder)."""
-    global _json_emitted
-    _json_emitted = True
+    context = click.get_current_context(silent=True)
+    if context is not None:
+        context.meta[_JSON_EMITTED] = True
     indent = 2 if sys.stdout.isatty() else None
     sys.stdout.write(json.dumps(document, indent=indent, sort_keys=True, default=str) + "\n")
     sys.stdout.flush()
@@ -37,7 +40,8 @@ def emit_json(document: Any) -> None:
 def emit_json_error(message: str, exit_code: int) -> None:
     """Under `--json`, a failure is a document too (`{"error": …, "exit": N}`), unless the
     command already printed its own (a `verify` report that found problems)."""
-    if not _json_emitted:
+    context = click.get_current_context(silent=True)
+    if context is None or not context.meta.get(_JSON_EMITTED):
         emit_json({"error": message, "exit": exit_code})
 
 

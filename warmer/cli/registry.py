@@ -64,6 +64,11 @@ def push(
     from warmer.store import Store
 
     explicit = Reference.parse(target) if target else None  # checked before any work
+    registry = current_settings().registry
+    if explicit is None and not registry:
+        raise UsageError(
+            "no TARGET given and no registry configured (WARMER_REGISTRY or registry.url)"
+        )
     with Store(store) as opened:
         if is_bundle(source):
             info = import_bundle(opened, Path(source))
@@ -71,15 +76,7 @@ def push(
             info = in_store(
                 opened, source, insecure=insecure, progress=ProgressPrinter(), note=console.print
             )[0]
-        if explicit is not None:
-            reference = explicit
-        else:
-            registry = current_settings().registry
-            if not registry:
-                raise UsageError(
-                    "no TARGET given and no registry configured (WARMER_REGISTRY or registry.url)"
-                )
-            reference = tier_reference(registry, info.name, info.env_tag)
+        reference = explicit or tier_reference(str(registry), info.name, info.env_tag)
         report = push_bundle(
             opened,
             info.ref,

@@ -89,16 +89,26 @@ def run(
     from warmer.errors import UsageError
     from warmer.fanout import FanOut
     from warmer.runtimes import available_runtime, get_runtime
+    from warmer.runtimes.base import MIN_SECRET_LENGTH, secret_pieces
     from warmer.spec import load_jobs, require_images
     from warmer.store import Store
 
     settings = current_settings()
     fmt = fmt or settings.bundle_format
+    hosts_source = "--hosts" if hosts is not None else "WARMER_HOSTS"
     hosts = hosts if hosts is not None else settings.run_hosts
     jobs = load_jobs(job_file, only=only)
     missing = sorted({name for job in jobs for name in job.secrets if name not in os.environ})
     if missing:
         raise UsageError(f"secret(s) not set in this environment: {', '.join(missing)}")
+    short = sorted(
+        {name for job in jobs for name in job.secrets if not secret_pieces(os.environ[name])}
+    )
+    if short:
+        console.print(
+            f"warning: secret(s) {', '.join(short)} shorter than {MIN_SECRET_LENGTH} characters: "
+            "not masked in the log, not looked for in the caches"
+        )
     if hosts is not None and runtime not in (None, "docker"):
         raise UsageError(f"--hosts runs jobs on Docker engines: --runtime {runtime} does not apply")
     if runtime is None and hosts is None:
@@ -112,7 +122,9 @@ def run(
     if hosts is not None:
         opened = Store(store)
         ended = _Ended(opened, pusher, with_host=True)
-        fanout, queues = _fan_out(jobs, hosts, opened, out, ended, quiet=quiet, **options)
+        fanout, queues = _fan_out(
+            jobs, hosts, hosts_source, opened, out, ended, quiet=quiet, **options
+        )
     else:
         assert runtime is not None
         engine = get_runtime(runtime)
@@ -139,6 +151,7 @@ def run(
 def _fan_out(
     jobs: Sequence[Job],
     value: str,
+    source: str,
     store: Store,
     out: Path,
     ended: _Ended,
@@ -147,11 +160,16 @@ def _fan_out(
     fmt: Format,
     verify: bool,
 ) -> tuple[FanOut, dict[str, list[Job]]]:
-    """The fan-out over the hosts `--hosts` names, and each host's jobs (printed): everything
-    is checked (hosts, a host for every job) before anything starts."""
+    """The fan-out over the hosts `value` names (given as `source`: --hosts or WARMER_HOSTS),
+    and each host's jobs (printed): everything is checked (hosts, a host for every job) before
+    anything starts."""
+    from warmer.errors import UsageError
     from warmer.fanout import FanOut, assign, parse_hosts
 
-    hosts = parse_hosts(value, current_settings().hosts)
+    try:
+        hosts = parse_hosts(value, current_settings().hosts)
+    except UsageError as exc:  # named the way the user gave it
+        raise UsageError(str(exc).replace("--hosts", source, 1)) from None
     queues = assign(jobs, hosts)
     for host in hosts:
         for job in queues[host.name]:
@@ -258,7 +276,10 @@ class _Pusher:
                 "--push needs a registry: --registry REGISTRY/PREFIX, WARMER_REGISTRY, "
                 "or registry.url in the config"
             )
-        Reference.parse(self.registry)
+        try:
+            Reference.parse(self.registry)
+        except UsageError as exc:
+            raise UsageError(f"{'--registry' if value else 'the registry'}: {exc}") from None
         self.insecure = settings.insecure
 
     def __call__(self, store: Store, result: JobResult) -> dict[str, Any]:

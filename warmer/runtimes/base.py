@@ -152,10 +152,26 @@ def read_secrets(names: Iterable[str], environ: Mapping[str, str] = os.environ) 
     return {name: environ[name] for name in names}
 
 
+#: The shortest secret value (or line of a multi-line one) that is masked in logs and looked
+#: for in harvested files: a shorter one would mask ordinary text everywhere (a secret `1`
+#: would hide every 1 in the log) and match half the files.
+MIN_SECRET_LENGTH = 4
+
+
+def secret_pieces(value: str) -> list[str]:
+    """What gives a secret value away: each line of it (output arrives line by line, so no
+    line of output holds more than one), leaving out lines shorter than MIN_SECRET_LENGTH."""
+    lines = dict.fromkeys(line.rstrip("\r") for line in value.split("\n"))
+    return [line for line in lines if len(line) >= MIN_SECRET_LENGTH]
+
+
 def masker(secret_values: Iterable[str]) -> Callable[[str], str]:
-    """A function that replaces every secret value in a line by `***` (longest first, so a
-    secret that contains another is masked whole)."""
-    values = sorted({value for value in secret_values if value}, key=len, reverse=True)
+    """A function that replaces every secret value in a line by `***`; a multi-line value is
+    masked line by line, since output arrives in lines. Longest first, so that a secret that
+    contains another is masked whole."""
+    values = sorted(
+        {piece for value in secret_values for piece in secret_pieces(value)}, key=len, reverse=True
+    )
 
     def mask(line: str) -> str:
         for value in values:

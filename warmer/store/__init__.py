@@ -18,7 +18,7 @@ import dataclasses
 import re
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
@@ -75,6 +75,8 @@ class Store:
         self._lock = StoreLock(self.root / "lock", exclusive_timeout=lock_timeout)
         self._lock_timeout = lock_timeout
         self._index: Index | None = None
+        #: whether `_index` stands in (empty, in memory) for a store not created yet
+        self._absent = False
         self._opening = threading.Lock()
 
     def __enter__(self) -> Store:
@@ -103,18 +105,22 @@ class Store:
     # -- objects ---------------------------------------------------------------------------
 
     def put_file(self, src: Path) -> tuple[str, int]:
-        self._use()
+        self._use(write=True)
         return self.objects.put_file(src)
 
     def put_stream(
         self, stream: BinaryIO, size: int | None = None, *, repair: bool = False
     ) -> tuple[str, int]:
-        self._use()
+        self._use(write=True)
         return self.objects.put_stream(stream, size, repair=repair)
 
     def put_bytes(self, data: bytes) -> str:
-        self._use()
+        self._use(write=True)
         return self.objects.put_bytes(data)
+
+    def discard(self, digests: Iterable[str]) -> None:
+        """Drop objects put and not committed yet (a harvest that found a secret in them)."""
+        self.objects.discard(digests)
 
     def open_object(self, digest: str) -> BinaryIO:
         self._use()
@@ -128,7 +134,7 @@ class Store:
 
     def commit(self, manifest: Manifest) -> SnapshotInfo:
         """Point `manifest.ref` at this manifest; every file object must be stored already."""
-        index = self._use()
+        index = self._use(write=True)
         missing = sorted({e.digest for e in manifest.files if not self.objects.has(e.digest)})
         if missing:
             raise StoreError(
@@ -234,7 +240,9 @@ class Store:
 
     def gc(self, *, dry_run: bool = False) -> GcResult:
         """Remove what no ref reaches and what killed writers left; needs the store alone."""
-        index = self._use()
+        index = self._use(write=self.root.is_dir())  # a store made halfway is swept as usual
+        if self._absent:
+            return GcResult(0, 0, 0, dry_run)
         with self._lock.exclusive():
             self.objects.publish()  # uncommitted puts are unreferenced objects, as on disk
             return sweep(self.objects, index.live_objects(), dry_run=dry_run)
@@ -285,23 +293,34 @@ class Store:
 
     # -- internals -------------------------------------------------------------------------
 
-    def _use(self) -> Index:
-        """Create the layout on first use, take the shared lock and open the index.
+    def _use(self, *, write: bool = False) -> Index:
+        """The index: on the first write, or the first use of a store that exists, create the
+        layout, take the shared lock and open the index.
 
-        Harvests put objects from worker threads, so the first use may race with itself.
+        Reading a store that does not exist creates nothing (it reads as empty, through an
+        index in memory), so that a command refused after a lookup leaves no directory behind;
+        a later write opens the real one. Harvests put objects from worker threads, so the
+        first use may race with itself.
         """
         with self._opening:
-            if self._index is None:
-                try:
-                    self.objects.root.mkdir(parents=True, exist_ok=True)
-                    tag = self.root / "CACHEDIR.TAG"
-                    if not tag.is_file() or tag.read_bytes() != CACHEDIR_TAG:
-                        with atomic_file(tag) as out:  # whole, even if this process is killed
-                            out.write(CACHEDIR_TAG)
-                    self._lock.acquire_shared()
-                except OSError as exc:
-                    raise StoreError(f"cannot use the store at {self.root}: {exc}") from exc
-                self._index = Index(self.root / "index.sqlite", busy_timeout=self._lock_timeout)
+            if self._index is not None and not (write and self._absent):
+                return self._index
+            if self._index is not None:
+                self._index.close()
+            if not write and not (self.root / "index.sqlite").is_file():
+                self._index, self._absent = Index(Path(":memory:"), busy_timeout=0), True
+                return self._index
+            try:
+                self.objects.root.mkdir(parents=True, exist_ok=True)
+                tag = self.root / "CACHEDIR.TAG"
+                if not tag.is_file() or tag.read_bytes() != CACHEDIR_TAG:
+                    with atomic_file(tag) as out:  # whole, even if this process is killed
+                        out.write(CACHEDIR_TAG)
+                self._lock.acquire_shared()
+            except OSError as exc:
+                raise StoreError(f"cannot use the store at {self.root}: {exc}") from exc
+            self._index = Index(self.root / "index.sqlite", busy_timeout=self._lock_timeout)
+            self._absent = False
             return self._index
 
     def _lookup(self, spec: str) -> SnapshotInfo:

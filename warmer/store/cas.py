@@ -193,13 +193,15 @@ class ObjectStore:
                 for digest in staged:
                     del self._staged[digest]
 
-    def discard(self) -> None:
-        """Remove what is staged and not published (the owner gave up on it)."""
+    def discard(self, digests: Iterable[str] | None = None) -> None:
+        """Remove what is staged and not published, all of it or these objects (the owner
+        gave up on it)."""
         with self._publishing, self._staging:
-            for temp in self._staged.values():
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(temp)
-            self._staged.clear()
+            for digest in list(self._staged) if digests is None else digests:
+                temp = self._staged.pop(digest, None)
+                if temp is not None:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(temp)
 
     def open(self, digest: str) -> BinaryIO:
         """Read an object, staged or published (a staged one may be published meanwhile)."""
