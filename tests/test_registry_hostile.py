@@ -27,8 +27,9 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
+from helpers.fuzz import fuzz, json_values
 from helpers.registry import MemoryRegistry, synthetic
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given
 from hypothesis import strategies as st
 
 from warmer.cli import cli
@@ -495,16 +496,8 @@ def test_foreign_text_reaches_the_terminal_escaped(served: Served, tmp_path: Pat
 
 # -- fuzz --------------------------------------------------------------------------------------
 
-scalars = (
-    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=8)
-)
-json_values = st.recursive(
-    scalars,
-    lambda children: (
-        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=6), children, max_size=3)
-    ),
-    max_leaves=8,
-)
+#: Each example runs whole commands against the server, under one fixture for all.
+SLOW = (HealthCheck.function_scoped_fixture, HealthCheck.too_slow)
 
 
 def paths(document: object, prefix: Path_ = ()) -> list[Path_]:
@@ -527,16 +520,6 @@ def hostile(good: dict[str, Any]) -> st.SearchStrategy[object]:
     return json_values | near
 
 
-def fuzz(examples: int) -> settings:
-    return settings(
-        max_examples=examples,
-        deadline=None,
-        derandomize=True,
-        database=None,
-        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-    )
-
-
 def documented(result: Result, command: str) -> None:
     """0 (the change kept it valid), 2, 4 (the change names another environment), 5 (nothing
     for this machine); 1 only for bytes that do not verify against a digest or size, or a
@@ -550,7 +533,7 @@ def documented(result: Result, command: str) -> None:
         assert result.exit_code in (0, 2, 4, 5), (command, result.output)
 
 
-@fuzz(15)
+@fuzz(15, SLOW)
 @given(data=st.data())
 def test_fuzzed_manifests(served: Served, data: st.DataObject) -> None:
     served.serve_manifest(data.draw(hostile(served.manifest)))
@@ -559,7 +542,7 @@ def test_fuzzed_manifests(served: Served, data: st.DataObject) -> None:
             documented(served.run(command, Path(tmp) / command.replace(" ", "")), command)
 
 
-@fuzz(15)
+@fuzz(15, SLOW)
 @given(data=st.data())
 def test_fuzzed_configs(served: Served, data: st.DataObject) -> None:
     served.serve_config(data.draw(hostile(served.config)))
@@ -568,7 +551,7 @@ def test_fuzzed_configs(served: Served, data: st.DataObject) -> None:
             documented(served.run(command, Path(tmp) / command.replace(" ", "")), command)
 
 
-@fuzz(25)
+@fuzz(25, SLOW)
 @given(document=hostile({"name": REPO, "tags": ["a", "b"]}))
 def test_fuzzed_tag_lists(served: Served, document: object) -> None:
     served.registry.lie("GET", f"/v2/{REPO}/tags/list", json.dumps(document).encode())
@@ -577,7 +560,7 @@ def test_fuzzed_tag_lists(served: Served, document: object) -> None:
             documented(served.run(command, Path(tmp) / command.replace(" ", "")), command)
 
 
-@fuzz(15)
+@fuzz(15, SLOW)
 @given(document=hostile({"token": "abc", "expires_in": 60}))
 def test_fuzzed_token_replies(served: Served, document: object) -> None:
     challenge = f'Bearer realm="http://{served.address}/token",service="r"'
