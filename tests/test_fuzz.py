@@ -18,8 +18,9 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 from helpers.bundles import FILES, make_manifest, opener
+from helpers.fuzz import fuzz, json_values, text
 from helpers.restore import leftovers, tree
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from warmer.bundle import verify_bundle, write_bundle
@@ -34,27 +35,8 @@ from warmer.store.manifest import Manifest
 JOBS = Path(__file__).parent.parent / "jobs"
 
 
-def fuzz(examples: int) -> settings:
-    return settings(
-        max_examples=examples,
-        deadline=None,
-        derandomize=True,
-        database=None,
-    )
-
-
-#: Text as an attacker writes it: any code point, lone surrogates included (JSON's \u
-#: escapes and YAML's "\u" escapes can spell them).
-plain = st.text(max_size=12)
-text = plain | st.tuples(plain, st.characters(categories=["Cs"]), plain).map("".join)
-scalars = st.none() | st.booleans() | st.integers() | st.floats() | text
 #: JSON or YAML flow nested 1 to 100,000 deep: past any recursion limit.
 nested = st.integers(1, 100_000).map(lambda depth: '{"a":' * depth + "[]" + "}" * depth)
-json_values = st.recursive(
-    scalars,
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(text, children, max_size=4),
-    max_leaves=12,
-)
 
 
 # -- the manifest parser ------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from pydantic.dataclasses import dataclass
 
 from warmer.errors import UsageError
-from warmer.units import parse_size
+from warmer.units import parse_duration, parse_size
 
 CONFIG_ENV = "WARMER_CONFIG"
 #: The cold tier's REGISTRY/PREFIX: `host.name[:port]`, `localhost[:port]` or `[::1]:port`,
@@ -88,6 +88,8 @@ class Settings(BaseModel):
     #: registry credentials (else Docker's own config); never in the file or in arguments
     registry_username: str | None = _setting(None, "WARMER_REGISTRY_USERNAME")
     registry_password: SecretStr | None = _setting(None, "WARMER_REGISTRY_PASSWORD")
+    #: seconds one pull, push or restore from a registry may take in all (a duration: `1h`)
+    registry_deadline: float = _setting(3600.0, "WARMER_REGISTRY_DEADLINE", "registry.deadline")
     #: warmer's own state (kernel index, hit logs); default ~/.cache/warmer
     state_dir: Path | None = _setting(None, "WARMER_STATE_DIR")
     #: the Podman service socket for `--runtime podman`
@@ -120,6 +122,13 @@ class Settings(BaseModel):
         if value is not None:
             parse_size(value)
         return value
+
+    @field_validator("registry_deadline", mode="before")
+    @classmethod
+    def _duration(cls, value: object) -> float:
+        if not isinstance(value, str | int | float):
+            raise ValueError(f"not a duration: {value!r} (use e.g. 90s, 30m, 2h)")
+        return parse_duration(value)
 
     @field_validator("hosts")
     @classmethod

@@ -6,6 +6,8 @@ Commands raise these and never exit by themselves: `warmer.cli` maps them to exi
 
 from __future__ import annotations
 
+import re
+
 
 class WarmerError(Exception):
     """Base class; anything else escaping the CLI is an unexpected failure (exit 1)."""
@@ -56,6 +58,19 @@ class RegistryRefused(RegistryError):
     exit_code = 2
 
 
+class RegistryBadReply(RegistryError):
+    """A registry reply warmer will not act on (exit 2): a document of the wrong shape, type
+    or size, a manifest warmer does not write, a tag list that loops, a transfer past the
+    deadline. The message names the registry, the reference and the document."""
+
+    exit_code = 2
+
+
+class NotWarmerManifest(RegistryBadReply):
+    """A manifest of a kind warmer never writes (an image index, a Docker manifest list):
+    refused by a pull, passed over by `--auto` (exit 2)."""
+
+
 class JobFailed(WarmerError):
     """The warm-up job failed or timed out (exit 3)."""
 
@@ -82,3 +97,24 @@ class NothingToRestore(WarmerError):
     starts cold the first time, and distinct from a corrupt bundle (2) or a mismatch (4)."""
 
     exit_code = 5
+
+
+#: What a terminal would act on rather than show: C0 and C1 controls, DEL, line and paragraph
+#: separators, bidirectional overrides, lone surrogates (which no terminal encoding has).
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u2028-\u202e\u2066-\u2069\ud800-\udfff]")
+
+
+def printable(text: object, keep: str = "") -> str:
+    """`text` from outside (a registry, a bundle, a file) as it may reach a terminal: every
+    control character escaped (`\\x1b`, `\\u202e`), so a tag cannot move the cursor,
+    ring the bell or rewrite a line. `keep` names characters left as they are (the CLI keeps
+    the newlines of its own multi-line messages)."""
+
+    def escape(match: re.Match[str]) -> str:
+        char = match.group()
+        if char in keep:
+            return char
+        code = ord(char)
+        return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+    return _UNPRINTABLE.sub(escape, str(text))

@@ -14,7 +14,9 @@ files; a file the new snapshot dropped is hidden with a whiteout in the image fo
 not listed in the artifact form. Every pulled byte is checked twice: each blob against its
 sha256, each file against its blake3 in the manifest; layers are read by the strict tar
 reader of bundles (`bundle.TarReader`), so a layer holding a link, a device or an unsafe
-name is refused.
+name is refused. The config blob is read like a manifest in a bundle: its size checked before
+it is fetched, its files counted before it is parsed (`store.manifest.bound_files`), then
+parsed into strict models; anything wrong is RegistryBadReply (exit 2) naming the document.
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import IO, Any, BinaryIO, Literal, cast
+from typing import IO, Annotated, Any, BinaryIO, Literal, cast
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from warmer.bundle import (
     MEMBER_MTIME,
@@ -42,18 +46,34 @@ from warmer.bundle import (
     tar_member,
 )
 from warmer.envkey import EnvKey, compare
-from warmer.errors import BundleError, RegistryError, RegistryRefused, UsageError
+from warmer.errors import (
+    BundleError,
+    NotWarmerManifest,
+    RegistryBadReply,
+    RegistryError,
+    RegistryRefused,
+    UsageError,
+    printable,
+)
 from warmer.oci import (
     OCI_MANIFEST,
     Reference,
     Registry,
+    Sha256,
+    parse_reply,
     sanitize_repository,
     sanitize_tag,
 )
 from warmer.progress import Progress, silent
 from warmer.store import SnapshotInfo, Store
 from warmer.store.digests import VerifiedStream, mismatch
-from warmer.store.manifest import FileEntry, Manifest
+from warmer.store.manifest import (
+    MAX_MANIFEST_BYTES,
+    VALUES_PER_FILE,
+    FileEntry,
+    Manifest,
+    bound_files,
+)
 from warmer.units import format_size
 
 Form = Literal["artifact", "image"]
@@ -73,7 +93,11 @@ MAX_LAYERS = 100
 #: A base layer is reused while at least this share of its bytes is still live.
 REUSE_MIN_LIVE = 0.5
 _ANNOTATION = "org.warmer"
-_CONFIG_LIMIT = 256 << 20
+#: A config holds the bundle's manifest and the file list of each layer.
+CONFIG_LIMIT = 2 * MAX_MANIFEST_BYTES
+#: Values per file in a config: its manifest entry, and a `[path, digest, size]` record in
+#: up to two layers (a reused base layer and the new one that replaces the file).
+_CONFIG_VALUES_PER_FILE = VALUES_PER_FILE + 2 * 4
 _BASE_CANDIDATES = 10
 _WORKERS = 4
 #: Tags a "no such tag" error lists.
@@ -94,20 +118,37 @@ class LayerFiles:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    @classmethod
-    def from_dict(cls, data: Any) -> LayerFiles:
-        try:
-            files = [(str(p), str(d), int(s)) for p, d, s in data["files"]]
-            return cls(
-                str(data["digest"]),
-                int(data["size"]),
-                str(data["diff_id"]),
-                str(data["media_type"]),
-                files,
-                [str(w) for w in data.get("whiteouts", [])],
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise RegistryError(f"a layer record in the config is malformed: {exc!r}") from exc
+
+Blake3 = Annotated[str, StringConstraints(pattern=r"^blake3:[0-9a-f]{64}$")]
+_RECORD = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+
+class _LayerRecord(BaseModel):
+    """A layer as the config records it (`LayerFiles.to_dict`), read strictly."""
+
+    model_config = _RECORD
+    digest: Sha256
+    size: int = Field(ge=0)
+    diff_id: Sha256
+    media_type: str
+    files: list[tuple[str, Blake3, Annotated[int, Field(ge=0)]]]
+    whiteouts: list[str] = Field(default_factory=list)
+
+
+class _WarmerRecord(BaseModel):
+    """The `warmer` part of a config: the bundle's manifest and each layer's files."""
+
+    model_config = _RECORD
+    format: Literal[1]
+    manifest: dict[str, Any]  # checked by Manifest.from_document, as a bundle's is
+    layers: list[_LayerRecord]
+
+
+class _Config(BaseModel):
+    """A config blob (the image form's has an image config's fields around it)."""
+
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+    warmer: _WarmerRecord
 
 
 @dataclass
@@ -223,27 +264,29 @@ def read_published(registry: Registry, tag_or_digest: str) -> Published | None:
         return None
     digest, document = found
     reference = registry.reference.with_tag(tag_or_digest)
-    config = document.get("config") or {}
-    if config.get("mediaType") == ARTIFACT_CONFIG:
+    where = registry.where(tag_or_digest)
+    config = document.config
+    if config.mediaType == ARTIFACT_CONFIG:
         form: Form = "artifact"
-    elif config.get("mediaType") == IMAGE_CONFIG and f"{_ANNOTATION}.job" in (
-        document.get("annotations") or {}
-    ):
+    elif config.mediaType == IMAGE_CONFIG and f"{_ANNOTATION}.job" in document.annotations:
         form = "image"
     else:
-        raise RegistryError(f"{reference}: not a warmer bundle (no warmer config)")
-    blob = registry.get_blob(str(config["digest"]), int(config["size"]), limit=_CONFIG_LIMIT)
+        raise NotWarmerManifest(
+            f"{where}: manifest: not a warmer bundle (its config is "
+            f"{printable(repr(config.mediaType[:100]))}, not {ARTIFACT_CONFIG} or a warmer image)"
+        )
+    what = f"{where}: config {config.digest}"
+    blob = registry.get_blob(config.digest, config.size, CONFIG_LIMIT, what)
     try:
-        part = json.loads(blob)["warmer"]
-        manifest = Manifest.from_document(part["manifest"])
-        layers = [LayerFiles.from_dict(item) for item in part["layers"]]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise RegistryError(f"{reference}: the warmer config is malformed: {exc!r}") from exc
+        bound_files(blob, _CONFIG_VALUES_PER_FILE)
+        part = parse_reply(_Config, blob, what).warmer
+        manifest = Manifest.from_document(part.manifest)
     except BundleError as exc:
-        raise RegistryError(f"{reference}: the manifest in its config is invalid: {exc}") from exc
-    listed = [(layer["digest"], int(layer["size"])) for layer in document.get("layers") or []]
+        raise RegistryBadReply(f"{what}: warmer.manifest: {printable(exc)}") from None
+    layers = [LayerFiles(**record.model_dump()) for record in part.layers]
+    listed = [(layer.digest, layer.size) for layer in document.layers]
     if listed != [(layer.digest, layer.size) for layer in layers]:
-        raise RegistryError(f"{reference}: the config's layers do not match the manifest's")
+        raise RegistryBadReply(f"{what}: its layers are not the manifest's layers")
     return Published(reference, digest, form, manifest, layers)
 
 
@@ -258,18 +301,23 @@ def select_tag(registry: Registry, here: EnvKey | None = None) -> tuple[str, lis
         raise _no_such_tag(registry, None, [])
 
     def judge(tag: str) -> tuple[str, list[str], list[str], str]:
-        found = registry.get_manifest(tag)
-        notes = (found[1].get("annotations") or {}) if found else {}
+        try:
+            found = registry.get_manifest(tag)
+        except NotWarmerManifest:
+            return tag, ["not a warmer bundle"], [], ""
+        notes = found[1].annotations if found else {}
         env_text = notes.get(f"{_ANNOTATION}.env")
         if not env_text:
             return tag, ["not a warmer bundle"], [], ""
         try:
-            key = EnvKey.from_dict(json.loads(env_text))
-        except (ValueError, TypeError):
+            env = json.loads(env_text)
+        except ValueError:
+            env = None
+        if not isinstance(env, dict):
             return tag, ["its env annotation is unreadable"], [], ""
-        differences = compare(key, here)
-        mismatches = [str(d) for d in differences if d.severity == "mismatch"]
-        warnings = [str(d) for d in differences if d.severity == "warning"]
+        differences = compare(EnvKey.from_dict(env), here)
+        mismatches = [printable(d) for d in differences if d.severity == "mismatch"]
+        warnings = [printable(d) for d in differences if d.severity == "warning"]
         return tag, mismatches, warnings, notes.get("org.opencontainers.image.created", "")
 
     with ThreadPoolExecutor(_WORKERS) as pool:
@@ -665,8 +713,9 @@ def layer_members(
     """Each member of a layer warmer pushed, read by the strict reader of bundles: anything
     else (a link, a device, an unsafe name, a bad header) is a BundleError naming the layer."""
     if layer.media_type not in _FORMATS:
-        raise RegistryError(
-            f"{reference}: layer media type {layer.media_type!r} is not one warmer writes"
+        raise RegistryBadReply(
+            f"{reference}: layer {layer.digest}: media type "
+            f"{printable(repr(layer.media_type[:100]))} is not one warmer writes"
         )
     stream = decompressing(cast(IO[bytes], blob), _FORMATS[layer.media_type])
     yield from TarReader(stream, f"{reference}: layer {layer.digest}", kind="layer").members()

@@ -9,7 +9,7 @@ import click
 
 from warmer import __version__
 from warmer.cli.options import App
-from warmer.errors import WarmerError
+from warmer.errors import WarmerError, printable
 
 #: command name -> "module:attribute" under warmer.cli
 COMMANDS = {
@@ -55,7 +55,8 @@ class LazyGroup(click.Group):
         try:
             return super().invoke(ctx)
         except WarmerError as exc:
-            click.echo(f"error: {exc}", err=True)
+            # its message may carry text from outside (a registry, a bundle): shown escaped
+            click.echo(f"error: {printable(exc, keep=chr(10))}", err=True)
             log_tail = getattr(exc, "log_tail", "")
             if log_tail:
                 click.echo("--- last lines of the log ---", err=True)

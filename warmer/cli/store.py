@@ -11,7 +11,7 @@ import click
 
 from warmer.cli.options import current_settings, json_option, store_option
 from warmer.cli.output import ago, console, emit_json, table
-from warmer.errors import BundleError, StoreError, UsageError
+from warmer.errors import BundleError, StoreError, UsageError, printable
 from warmer.units import format_duration, format_size, parse_duration, parse_size
 
 if TYPE_CHECKING:
@@ -164,7 +164,8 @@ def show(ref: str, list_files: bool, store: Path | None, as_json: bool) -> None:
             document["file_list"] = [entry.to_dict() for entry in manifest.files]
         emit_json(document)
         return
-    env = "  ".join(f"{key}={value}" for key, value in sorted(manifest.env.items()) if value)
+    # a pulled or imported manifest's own text: shown escaped
+    env = printable("  ".join(f"{k}={v}" for k, v in sorted(manifest.env.items()) if v))
     fields = [
         ("name", info.name),
         ("ref", info.ref),

@@ -31,10 +31,22 @@ MAX_MANIFEST_BYTES = 64 << 20
 #: json.loads builds every value before any is checked. Each value but the first follows a
 #: comma or opens with a bracket or brace, so counting those bytes bounds what it builds:
 #: a file entry is one object and five fields; env, job and verify get the rest.
-_VALUES_PER_FILE = 6
-_MAX_VALUES = _VALUES_PER_FILE * MAX_FILES + 100_000
+VALUES_PER_FILE = 6
+_OTHER_VALUES = 100_000
 #: How deep env, job and verify may nest (a job spec is a few levels deep).
 _MAX_DEPTH = 32
+
+
+def bound_files(data: bytes, values_per_file: int = VALUES_PER_FILE) -> None:
+    """Refuse JSON that lists more than MAX_FILES files of `values_per_file` values each,
+    counted in its bytes before anything is built from them (a manifest, or a registry
+    config that embeds one)."""
+    values = data.count(b",") + data.count(b"[") + data.count(b"{")
+    if values > values_per_file * MAX_FILES + _OTHER_VALUES:
+        raise BundleError(
+            f"files: about {values // values_per_file:,} entries, "
+            f"more than the limit of {MAX_FILES:,}"
+        )
 
 
 def canonical_json(value: object) -> bytes:
@@ -247,12 +259,7 @@ class Manifest:
             raise BundleError(
                 f"manifest is {len(data):,} bytes, more than the limit of {MAX_MANIFEST_BYTES:,}"
             )
-        values = data.count(b",") + data.count(b"[") + data.count(b"{")
-        if values > _MAX_VALUES:
-            raise BundleError(
-                f"files: about {values // _VALUES_PER_FILE:,} entries, "
-                f"more than the limit of {MAX_FILES:,}"
-            )
+        bound_files(data)
         try:
             document = json.loads(data.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
