@@ -48,6 +48,7 @@ ORDER = (
     "oci",
     "registry",
     "sources",
+    "checking",
     "restoring",
     "saving",
     "runner",

@@ -160,6 +160,12 @@ def parse_report(lines: list[str]) -> dict[str, Any] | None:
     return None
 
 
+def reported_factors(report: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The key factors an agent reported (None from an older agent or a failed probe)."""
+    factors = report.get("key_factors")
+    return factors if isinstance(factors, dict) else None
+
+
 def hit_rate(report: Mapping[str, Any]) -> float | None:
     """hits / (hits + misses) of the engine's compile-cache lookups; None when there were none."""
     hits, misses = int(report.get("hits") or 0), int(report.get("misses") or 0)
@@ -206,6 +212,7 @@ class Runner:
                 env_digest=env.digest,
                 files=tuple(sorted(harvest.entries, key=lambda e: e.path)),
                 job=job.to_manifest(),
+                key_factors=reported_factors(cold.report),
             )
             if not manifest.files:
                 raise JobFailed(
@@ -227,6 +234,7 @@ class Runner:
                 env=env,
                 job=job.to_manifest(),
                 verify=verify_result,
+                key_factors=manifest.key_factors,
             )
             timings["store_s"] = time.monotonic() - store_started
             export_started = time.monotonic()

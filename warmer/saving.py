@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from warmer.agent.probe import key_factors
 from warmer.bundle import Format, write_bundle
 from warmer.caches import CacheRoot, Facts, default_roots, select
 from warmer.envkey import EnvKey
@@ -64,7 +65,9 @@ def save(
     if not harvest.entries:
         where = ", ".join(f"{root.kind}: {root.path}" for root in chosen) or "none"
         raise UsageError(f"no compile cache files found (looked in {where})")
-    info, manifest = snapshot(store, harvest, name=name, env=EnvKey.probe())
+    vllm = [root.path for root in chosen if root.kind == "vllm"]
+    factors = key_factors(vllm[0] if vllm else None)
+    info, manifest = snapshot(store, harvest, name=name, env=EnvKey.probe(), key_factors=factors)
     bundle = None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
