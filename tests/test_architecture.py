@@ -51,6 +51,7 @@ ORDER = (
     "checking",
     "restoring",
     "saving",
+    "loading",
     "runner",
     "fanout",
     "kernels",

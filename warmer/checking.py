@@ -30,8 +30,6 @@ from warmer.store.manifest import Manifest
 
 #: How long the probe may take in the target (it imports torch and hashes its sources).
 PROBE_TIMEOUT_S = 300.0
-#: The kinds whose keys warmer knows part by part; any other kind misses on any mismatch.
-KEYED_KINDS = ("triton", "inductor", "vllm")
 
 
 @dataclass(frozen=True)
@@ -186,7 +184,7 @@ def predict(
             counts[entry.kind] = counts.get(entry.kind, 0) + 1
     verdicts = []
     for kind, files in sorted(counts.items(), key=lambda item: KINDS.index(item[0])):
-        missing = [d for d in differences if misses(d, kind)]
+        missing = [d for d in differences if d.misses(kind)]
         verdicts.append(KindVerdict(kind, files, not missing, missing))
     warnings = [str(d) for d in differences if not d.kinds]
     if manifest.key_factors is None:
@@ -206,10 +204,3 @@ def predict(
         kinds=verdicts,
         warnings=warnings,
     )
-
-
-def misses(difference: FactorDifference, kind: str) -> bool:
-    """Whether `difference` makes the cache kind `kind` miss."""
-    if kind in KEYED_KINDS:
-        return kind in difference.kinds
-    return bool(difference.kinds)

@@ -195,6 +195,8 @@ def _shown(value: object) -> str:
 
 # -- key factors: what each compiler keys on (warmer.agent.probe.key_factors) ------------------
 
+#: The kinds whose keys warmer knows part by part.
+KEYED_KINDS = ("triton", "inductor", "vllm")
 #: Which cache kinds each environment part is in the key of (a mismatch there is their miss).
 ENV_KINDS: dict[str, tuple[str, ...]] = {
     "torch": ("inductor", "vllm"),
@@ -269,6 +271,11 @@ class FactorDifference:
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
 
+    def misses(self, kind: str) -> bool:
+        """Whether this difference makes the cache kind `kind` miss: a kind whose key warmer
+        knows part by part when the part is in it, any other kind on any mismatch."""
+        return kind in self.kinds if kind in KEYED_KINDS else bool(self.kinds)
+
 
 def factor_differences(
     bundle: Mapping[str, object] | None, here: Mapping[str, object] | None
@@ -329,3 +336,59 @@ def _leaves(value: object, prefix: str = "") -> list[tuple[str, object]]:
     if isinstance(value, list):
         return [leaf for i, item in enumerate(value) for leaf in _leaves(item, f"{prefix}[{i}]")]
     return [(prefix, value)]
+
+
+#: What a miss is put down to when no recorded part of its key differs.
+UNEXPLAINED = (
+    "no recorded key factor differs: the model, its inputs or the compile options changed, "
+    "or a part of the key warmer does not read"
+)
+
+
+def explain_misses(
+    missed: list[str],
+    bundle_env: Mapping[str, object],
+    bundle_factors: Mapping[str, object] | None,
+    here_env: Mapping[str, object],
+    here_factors: Mapping[str, object] | None,
+) -> dict[str, list[str]]:
+    """Why each missed artifact (`kind:id`, as `caches.write_proof` names them) missed: the
+    parts of its cache kind's key that differ between the bundle and the run that missed.
+    A vLLM graph that was compiled again is put down to what differs between its
+    `cache_key_factors.json` and the bundle's (of the same rank)."""
+    differences = env_differences(EnvKey.from_dict(bundle_env), EnvKey.from_dict(here_env))
+    differences += factor_differences(bundle_factors, here_factors)
+    bundle_graphs = _graphs(bundle_factors)
+    here_graphs = _graphs(here_factors)
+    explained: dict[str, list[str]] = {}
+    for artifact in missed:
+        artifact_kind, _, unit = artifact.partition(":")
+        kind = artifact_kind.split("-", 1)[0]
+        reasons = [str(d) for d in differences if d.misses(kind)]
+        if artifact_kind == "vllm-graph":
+            reasons += _graph_reasons(unit, bundle_graphs, here_graphs)
+        explained[artifact] = reasons or [UNEXPLAINED]
+    return explained
+
+
+def _graphs(factors: Mapping[str, object] | None) -> dict[str, object]:
+    graphs = _leaf(factors, "vllm.graphs")
+    return dict(graphs) if isinstance(graphs, Mapping) else {}
+
+
+def _graph_reasons(
+    unit: str, bundle: Mapping[str, object], here: Mapping[str, object]
+) -> list[str]:
+    """`unit` is `<hash>/rank_*/<prefix>`; its factors are `torch_compile_cache/<hash>/rank_*`'s,
+    compared with the bundle's graph directory of the same rank."""
+    parts = unit.split("/")
+    if len(parts) < 2:
+        return []
+    directory = f"torch_compile_cache/{parts[0]}/{parts[1]}"
+    if directory in bundle or directory not in here:
+        return []
+    same_rank = [d for d in bundle if d.endswith(f"/{parts[1]}")] or list(bundle)
+    if not same_rank:
+        return []
+    changed = json_differences(bundle[same_rank[0]], here[directory])
+    return [f"vLLM cache_key_factors.json ({same_rank[0]} → {directory}): {c}" for c in changed]

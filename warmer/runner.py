@@ -25,7 +25,7 @@ import warmer
 from warmer.agent.report import parse_line
 from warmer.bundle import Format, write_bundle, write_tar
 from warmer.caches import CacheRoot, Facts, default_roots, relocate, select, write_proof
-from warmer.envkey import EnvKey
+from warmer.envkey import EnvKey, explain_misses
 from warmer.errors import JobFailed
 from warmer.harvest import Harvest, collect_stream, snapshot
 from warmer.progress import Progress, silent
@@ -355,8 +355,9 @@ class Runner:
 
 def verify_result(manifest: Manifest, cold: Mapping[str, Any], warm: PassResult) -> dict[str, Any]:
     """What a verify pass found: the write proof's hits, misses and hit rate (the engine's own
-    count when no compile artifact was involved at all), what the engine said it recompiled
-    and why, and the cold and warm compile times."""
+    count when no compile artifact was involved at all), which key factor changed for each
+    missed artifact (`why_missed`), what the engine said it recompiled and why, and the cold
+    and warm compile times."""
     proof = write_proof((e.path for e in manifest.files), warm.written, warm.roots)
     engine = {
         "hits": int(warm.report.get("hits") or 0),
@@ -367,8 +368,16 @@ def verify_result(manifest: Manifest, cold: Mapping[str, Any], warm: PassResult)
     cold_timings, warm_timings = cold.get("timings") or {}, warm.report.get("timings") or {}
     cold_s = float(cold_timings.get("compile_s") or 0.0)
     warm_s = float(warm_timings.get("compile_s") or 0.0)
+    why = explain_misses(
+        list(proof.get("missed") or []),
+        manifest.env,
+        manifest.key_factors,
+        warm.report.get("env") or {},
+        reported_factors(warm.report),
+    )
     return {
         **proof,
+        "why_missed": why,
         "engine": engine,
         "recompiled": list(warm.report.get("recompiled") or []),
         "cold_s": round(cold_s, 3),

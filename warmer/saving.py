@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from warmer.agent.probe import key_factors
 from warmer.bundle import Format, write_bundle
@@ -20,6 +21,9 @@ from warmer.progress import Progress
 from warmer.store import SnapshotInfo, Store
 from warmer.store.manifest import Manifest
 
+if TYPE_CHECKING:
+    from warmer.registry import PushReport
+
 
 @dataclass(frozen=True)
 class SaveResult:
@@ -29,6 +33,7 @@ class SaveResult:
     snapshot: SnapshotInfo
     manifest: Manifest
     harvest: Harvest
+    pushed: PushReport | None = None
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -40,6 +45,7 @@ class SaveResult:
             "kinds": self.harvest.kinds(),
             "env": self.manifest.env,
             "env_tag": self.manifest.env_tag,
+            "pushed": self.pushed.to_dict() if self.pushed else None,
         }
 
 
@@ -52,8 +58,11 @@ def save(
     fmt: Format = "zst",
     roots: Sequence[CacheRoot] | None = None,
     progress: Progress | None = None,
+    push: str | None = None,
+    insecure: bool = False,
 ) -> SaveResult:
-    """Snapshot this machine's caches (all kinds, or `kinds`) and export a bundle to `out`."""
+    """Snapshot this machine's caches (all kinds, or `kinds`) and export a bundle to `out`;
+    with `push` (REGISTRY/REPO[:TAG]), push the snapshot there too."""
     store = store or Store()
     try:
         chosen = select(
@@ -72,4 +81,12 @@ def save(
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         bundle = write_bundle(manifest, store.open_object, out, fmt)
-    return SaveResult(bundle=bundle, snapshot=info, manifest=manifest, harvest=harvest)
+    pushed = None
+    if push is not None:
+        from warmer.oci import Reference
+        from warmer.registry import push as push_snapshot
+
+        pushed = push_snapshot(store, info.ref, Reference.parse(push), insecure=insecure)
+    return SaveResult(
+        bundle=bundle, snapshot=info, manifest=manifest, harvest=harvest, pushed=pushed
+    )
