@@ -8,6 +8,7 @@ import click
 
 from warmer.cli.options import json_option, store_option
 from warmer.cli.output import console, data_console, emit_json
+from warmer.cli.registry import insecure_option
 
 
 @click.command()
@@ -25,7 +26,7 @@ from warmer.cli.output import console, data_console, emit_json
     default=None,
     help="Devices the probe container gets [default: the bundle's backend].",
 )
-@click.option("--insecure", is_flag=True, default=None, help="Plain HTTP or unchecked TLS.")
+@insecure_option
 @store_option
 @json_option
 def check(
