@@ -9,10 +9,13 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import REPO
 from helpers.bundles import FILES, make_manifest
 from helpers.run import warmer
 
@@ -179,3 +182,35 @@ def test_check_cli_nothing_to_check_is_exit_5(tmp_path: Path) -> None:
     }
     both = warmer("check", "x.tar.zst", "--image", "i", "--runtime", "local", tmp_path=tmp_path)
     assert both.returncode == 2 and "leave out --image" in both.stderr
+
+
+def test_the_agent_probe_reads_the_key_factors_from_the_installed_packages(
+    tmp_path: Path,
+) -> None:
+    """What Inductor and Triton really hash, read here as the agent reads it in an image."""
+    pytest.importorskip("torch", reason="torch is not installed")
+    from torch._inductor.codecache import torch_key
+
+    from warmer.agent.probe import vllm_graph_factors
+
+    answer = json.loads(python_module("warmer.agent", "probe", "--key-factors"))
+    factors = answer["key_factors"]
+    assert answer["env"] == json.loads(python_module("warmer.agent", "probe"))
+    assert factors["inductor"]["torch_key"] == torch_key().hex()
+    if answer["env"]["triton"]:
+        assert factors["triton"]["version"] == answer["env"]["triton"]
+        assert factors["triton"]["key"].startswith("sha256:")
+    graph = tmp_path / "torch_compile_cache" / "3a332b42ba" / "rank_0_0"
+    graph.mkdir(parents=True)
+    (graph / "cache_key_factors.json").write_text('{"config_hash": "c1"}')
+    (tmp_path / "torch_compile_cache" / "junk").mkdir()
+    assert vllm_graph_factors(str(tmp_path)) == {
+        "torch_compile_cache/3a332b42ba/rank_0_0": {"config_hash": "c1"}
+    }
+
+
+def python_module(*args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", *args], capture_output=True, text=True, cwd=REPO, check=True
+    )
+    return done.stdout
