@@ -270,18 +270,18 @@ def test_registry_errors_say_what_to_do_and_exit_2_or_1(
     locked = warmer("pull", f"{address}/team/locked:t", "--store", store, env=env)
     assert locked.exit_code == 2 and "docker login" in locked.output, locked.output
 
-    # no such tag: the tags that exist are named
+    # no such tag: nothing to restore (exit 5), and the tags that exist are named
     script["GET /v2/team/x/tags/list"] = [(200, {}, b'{"tags": ["a", "b"]}')]
     script["GET /v2/team/x/manifests/c"] = [
         (404, {}, b'{"errors": [{"code": "MANIFEST_UNKNOWN"}]}')
     ]
     missing = warmer("pull", f"{address}/team/x:c", "--store", store, env=env)
-    assert missing.exit_code == 2, missing.output
+    assert missing.exit_code == 5, missing.output
     assert f"c: no such tag in {address}/team/x; its tags: a, b" in missing.output
 
-    # no such repository: --auto finds no tags
+    # no such repository: --auto finds no tags, nothing to restore
     absent = warmer("pull", "--auto", f"{address}/team/absent", "--store", store, env=env)
-    assert absent.exit_code == 2 and "has no tags (check its name" in absent.output
+    assert absent.exit_code == 5 and "has no tags (check its name" in absent.output
 
     # nobody listening: the network, exit 1
     with socket.socket() as closed:

@@ -8,7 +8,7 @@ import pytest
 from helpers.bundles import FILES, make_manifest
 from helpers.interpreter import python
 
-from warmer.errors import NotFound
+from warmer.errors import NotFound, NothingToRestore
 from warmer.sources import in_store, is_bundle, is_registry
 from warmer.store import Store
 
@@ -25,7 +25,7 @@ def test_a_bundle_is_a_file_or_a_bundle_name_and_a_reference_has_a_registry(
     assert not is_registry("tiny@torch2.13.0-cpu") and not is_registry("team/x")
 
 
-def test_a_ref_missing_with_no_cold_tier_is_not_found(
+def test_a_ref_missing_with_no_cold_tier_is_not_found_and_nothing_to_restore(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     (tmp_path / "warmer.yaml").write_text("{}\n")
@@ -33,6 +33,10 @@ def test_a_ref_missing_with_no_cold_tier_is_not_found(
     monkeypatch.delenv("WARMER_REGISTRY", raising=False)
     with Store(tmp_path / "store") as store, pytest.raises(NotFound):
         in_store(store, "absent@tag")
+    # what restore asks: an init container tells "nothing yet" (exit 5) from a bad name (2)
+    with Store(tmp_path / "store") as store, pytest.raises(NothingToRestore) as nothing:
+        in_store(store, "absent@tag", restoring=True)
+    assert nothing.value.exit_code == 5 and "no snapshot matches 'absent@tag'" in str(nothing.value)
 
 
 def test_warmer_restore_takes_a_store_ref(tmp_path: Path) -> None:

@@ -212,6 +212,7 @@ def snapshot(
     env: EnvKey,
     job: Mapping[str, object] | None = None,
     verify: Mapping[str, object] | None = None,
+    key_factors: Mapping[str, object] | None = None,
 ) -> tuple[SnapshotInfo, Manifest]:
     """Commit a harvest to the store as the snapshot `name@<env tag>`."""
     manifest = Manifest(
@@ -222,5 +223,6 @@ def snapshot(
         files=tuple(sorted(harvest.entries, key=lambda entry: entry.path)),
         job=dict(job) if job is not None else None,
         verify=dict(verify) if verify is not None else None,
+        key_factors=dict(key_factors) if key_factors is not None else None,
     )
     return store.commit(manifest), manifest

@@ -48,6 +48,7 @@ from warmer.bundle import (
 from warmer.envkey import EnvKey, compare
 from warmer.errors import (
     BundleError,
+    NothingToRestore,
     NotWarmerManifest,
     RegistryBadReply,
     RegistryError,
@@ -298,7 +299,7 @@ def select_tag(registry: Registry, here: EnvKey | None = None) -> tuple[str, lis
     here = here or EnvKey.probe()
     tags = registry.tags()
     if not tags:
-        raise _no_such_tag(registry, None, [])
+        raise NothingToRestore(str(_no_such_tag(registry, None, [])))
 
     def judge(tag: str) -> tuple[str, list[str], list[str], str]:
         try:
@@ -325,7 +326,7 @@ def select_tag(registry: Registry, here: EnvKey | None = None) -> tuple[str, lis
     fitting = [item for item in judged if not item[1]]
     if not fitting:
         reasons = "\n  ".join(f"{tag}: {'; '.join(why)}" for tag, why, _w, _c in judged)
-        raise UsageError(
+        raise NothingToRestore(
             f"{registry.reference}: no tag matches this machine ({here.tag}):\n  {reasons}"
         )
     fitting.sort(key=lambda item: item[3], reverse=True)  # newest push first …
@@ -635,7 +636,7 @@ def pull(
             raise UsageError(f"{source}: name a tag (REPO:TAG) or pass --auto to pick one")
     published = read_published(registry, wanted)
     if published is None:
-        raise _no_such_tag(registry, wanted, registry.tags())
+        raise NothingToRestore(str(_no_such_tag(registry, wanted, registry.tags())))
     fetched, received = _fetch(registry, published, store, say)
     info: SnapshotInfo = store.commit(published.manifest)
     return PullReport(

@@ -139,7 +139,7 @@ def _opened(
         with Store() as opened, _opened(source, opened) as found:
             yield found
         return
-    _info, manifest = in_store(store, str(source))
+    _info, manifest = in_store(store, str(source), restoring=True)
     label = f"{store.root}:{manifest.ref}"
 
     def files() -> Iterator[tuple[FileEntry, VerifiedReader]]:

@@ -25,7 +25,7 @@ import warmer
 from warmer.agent.report import parse_line
 from warmer.bundle import Format, write_bundle, write_tar
 from warmer.caches import CacheRoot, Facts, default_roots, relocate, select, write_proof
-from warmer.envkey import EnvKey
+from warmer.envkey import EnvKey, explain_misses
 from warmer.errors import JobFailed
 from warmer.harvest import Harvest, collect_stream, snapshot
 from warmer.progress import Progress, silent
@@ -168,6 +168,12 @@ def parse_report(lines: list[str]) -> dict[str, Any] | None:
     return None
 
 
+def reported_factors(report: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The key factors an agent reported (None from an older agent or a failed probe)."""
+    factors = report.get("key_factors")
+    return factors if isinstance(factors, dict) else None
+
+
 def hit_rate(report: Mapping[str, Any]) -> float | None:
     """hits / (hits + misses) of the engine's compile-cache lookups; None when there were none."""
     hits, misses = int(report.get("hits") or 0), int(report.get("misses") or 0)
@@ -214,6 +220,7 @@ class Runner:
                 env_digest=env.digest,
                 files=tuple(sorted(harvest.entries, key=lambda e: e.path)),
                 job=job.to_manifest(),
+                key_factors=reported_factors(cold.report),
             )
             if not manifest.files:
                 raise JobFailed(
@@ -235,6 +242,7 @@ class Runner:
                 env=env,
                 job=job.to_manifest(),
                 verify=verify_result,
+                key_factors=manifest.key_factors,
             )
             timings["store_s"] = time.monotonic() - store_started
             export_started = time.monotonic()
@@ -367,8 +375,9 @@ class Runner:
 
 def verify_result(manifest: Manifest, cold: Mapping[str, Any], warm: PassResult) -> dict[str, Any]:
     """What a verify pass found: the write proof's hits, misses and hit rate (the engine's own
-    count when no compile artifact was involved at all), what the engine said it recompiled
-    and why, and the cold and warm compile times."""
+    count when no compile artifact was involved at all), which key factor changed for each
+    missed artifact (`why_missed`), what the engine said it recompiled and why, and the cold
+    and warm compile times."""
     proof = write_proof((e.path for e in manifest.files), warm.written, warm.roots)
     engine = {
         "hits": int(warm.report.get("hits") or 0),
@@ -379,8 +388,16 @@ def verify_result(manifest: Manifest, cold: Mapping[str, Any], warm: PassResult)
     cold_timings, warm_timings = cold.get("timings") or {}, warm.report.get("timings") or {}
     cold_s = float(cold_timings.get("compile_s") or 0.0)
     warm_s = float(warm_timings.get("compile_s") or 0.0)
+    why = explain_misses(
+        list(proof.get("missed") or []),
+        manifest.env,
+        manifest.key_factors,
+        warm.report.get("env") or {},
+        reported_factors(warm.report),
+    )
     return {
         **proof,
+        "why_missed": why,
         "engine": engine,
         "recompiled": list(warm.report.get("recompiled") or []),
         "cold_s": round(cold_s, 3),

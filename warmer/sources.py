@@ -83,15 +83,19 @@ def local_or_tier(
     touch: bool = True,
     progress: Progress | None = None,
     note: Note | None = None,
+    restoring: bool = False,
 ) -> tuple[SnapshotInfo, Manifest]:
-    """`store.resolve(ref)`; a ref missing locally is pulled from the configured cold tier."""
+    """`store.resolve(ref)`; a ref missing locally is pulled from the configured cold tier.
+    `restoring`: a ref found nowhere is NothingToRestore (exit 5), not NotFound (exit 2)."""
     from warmer.config import settings
-    from warmer.errors import NotFound
+    from warmer.errors import NotFound, NothingToRestore
 
     try:
         return store.resolve(ref, touch=touch)
-    except NotFound:
+    except NotFound as exc:
         registry = settings().registry
+        if not registry and restoring:
+            raise NothingToRestore(str(exc)) from None
         if not registry:
             raise
     from warmer.registry import pull_ref
@@ -111,12 +115,20 @@ def in_store(
     touch: bool = True,
     progress: Progress | None = None,
     note: Note | None = None,
+    restoring: bool = False,
 ) -> tuple[SnapshotInfo, Manifest]:
     """The snapshot that a registry reference or a store ref names (rules 2 and 3), brought
-    into `store` when it is not there yet."""
+    into `store` when it is not there yet. `restoring`: see `local_or_tier` (a registry says
+    NothingToRestore itself for a tag it lacks)."""
     if is_registry(source):
         report = pull(store, source, auto=auto, insecure=insecure, progress=progress)
         return store.resolve(report.ref, touch=touch)
     return local_or_tier(
-        store, source, insecure=insecure, touch=touch, progress=progress, note=note
+        store,
+        source,
+        insecure=insecure,
+        touch=touch,
+        progress=progress,
+        note=note,
+        restoring=restoring,
     )

@@ -1,4 +1,5 @@
-"""`python -m warmer.agent run --job JOB.json` (warm-up + report) and `... probe` (env JSON).
+"""`python -m warmer.agent run --job JOB.json` (warm-up + report) and `... probe` (env JSON;
+with `--key-factors`, `{"env": …, "key_factors": …}`: what `warmer check` asks of a target).
 
 `run` always ends with one WARMER-REPORT line, also when the job file or the engine fails:
 then the report says ok=false with the error, the traceback goes to stderr and the exit
@@ -14,7 +15,7 @@ import time
 import traceback
 
 from warmer.agent.engines import run_engine
-from warmer.agent.probe import probe
+from warmer.agent.probe import key_factors, probe
 from warmer.agent.report import (
     PROTOCOL_VERSION,
     REPORT_PREFIX,
@@ -24,6 +25,7 @@ from warmer.agent.report import (
     Progress,
     facts,
 )
+from warmer.caches import Facts, default_roots
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,8 +35,16 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     run_parser = commands.add_parser("run", help="run a warm-up job and report on stdout")
     run_parser.add_argument("--job", required=True, help="the job as JSON (Job.model_dump)")
-    commands.add_parser("probe", help="print this environment's key parts as JSON")
+    probe_parser = commands.add_parser("probe", help="print this environment's key parts as JSON")
+    probe_parser.add_argument(
+        "--key-factors",
+        action="store_true",
+        help="also what each compiler keys on (imports torch and Triton: seconds)",
+    )
     args = parser.parse_args(argv)
+    if args.command == "probe" and args.key_factors:
+        print(json.dumps({"env": probe(), "key_factors": key_factors()}, sort_keys=True))
+        return 0
     if args.command == "probe":
         print(json.dumps(probe(), sort_keys=True))
         return 0
@@ -59,6 +69,8 @@ def run(job_path: str) -> int:
     except Exception as exc:
         error = f"{type(exc).__name__}: {exc}"
         traceback.print_exc()
+    # after the warm-up: torch and Triton are loaded by then, and vLLM's graphs are written
+    factors = key_factors(_vllm_root()) if error is None else None
     channel.send(
         REPORT_PREFIX,
         {
@@ -66,6 +78,7 @@ def run(job_path: str) -> int:
             "ok": error is None,
             "error": error,
             "env": env,
+            "key_factors": factors,
             "facts": facts(),
             "timings": {
                 "import_s": outcome.import_s,
@@ -81,6 +94,11 @@ def run(job_path: str) -> int:
         },
     )
     return 0 if error is None else 1
+
+
+def _vllm_root() -> str:
+    """Where vLLM writes its graphs in this process."""
+    return next(r.path for r in default_roots(Facts.of_this_process()) if r.kind == "vllm")
 
 
 if __name__ == "__main__":

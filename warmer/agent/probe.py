@@ -13,6 +13,7 @@ import functools
 import glob
 import importlib.metadata
 import importlib.util
+import json
 import os
 import platform
 import re
@@ -276,3 +277,162 @@ def _rocminfo_gpus() -> list[dict[str, str | None]]:
         marketing = re.search(r"^\s*Marketing Name:\s*(.+?)\s*$", agent, re.MULTILINE)
         gpus.append({"gfx_arch": arch.group(1), "name": marketing.group(1) if marketing else None})
     return gpus
+
+
+# -- key factors: what each compiler really keys on, read from the installed packages ----------
+
+#: At most this many vLLM graph directories, each factor file at most this many bytes, are
+#: recorded (a manifest is bounded; a model has a few graphs per rank).
+MAX_VLLM_GRAPHS = 32
+MAX_FACTORS_BYTES = 16 << 10
+
+
+def key_factors(vllm_root: str | None = None) -> dict[str, Any]:
+    """What Triton, Inductor and vLLM put in their cache keys here (FACTS.md), as far as the
+    installed packages say: `triton`, `inductor`, `vllm` (None where the package is absent)
+    and `silicon` (compute capability, SM count, product name; None without a GPU). Imports
+    torch and Triton, so it costs seconds: the agent calls it after a warm-up, `warmer check`
+    on its target. `vllm_root`: a vLLM cache root whose graph directories' own
+    `cache_key_factors.json` are recorded."""
+    return {
+        "triton": _guarded(_triton_factors),
+        "inductor": _guarded(_inductor_factors),
+        "vllm": _guarded(lambda: _vllm_factors(vllm_root)),
+        "silicon": _guarded(_silicon),
+    }
+
+
+def _guarded(read: Any) -> Any:
+    """A reader's answer; a package that is absent or breaks on import gives None (never a
+    guess, never a failed probe)."""
+    try:
+        return read()
+    except Exception:
+        return None
+
+
+def _text_hash(text: str) -> str:
+    import hashlib
+
+    return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+
+
+def _triton_key() -> str:
+    try:
+        from triton.runtime.cache import triton_key  # Triton >= 3.4
+    except ImportError:
+        from triton.compiler.compiler import triton_key
+    return str(triton_key())
+
+
+def _triton_factors() -> dict[str, Any] | None:
+    if importlib.util.find_spec("triton") is None:
+        return None
+    import triton
+
+    key = _triton_key()
+    factors: dict[str, Any] = {
+        "version": str(triton.__version__),
+        # version + a hash of Triton's sources and libtriton.so: kept as a digest (it is long)
+        "key": _text_hash(key),
+        "target": None,
+        "backend_hash": None,
+        "ptxas": _guarded(_ptxas_version),
+    }
+    target = _guarded(lambda: triton.runtime.driver.active.get_current_target())
+    if target is not None:
+        factors["target"] = {
+            "backend": str(target.backend),
+            "arch": str(target.arch),
+            "warp_size": int(target.warp_size),
+        }
+        from triton.compiler.compiler import make_backend
+
+        # ptxas --version + compute capability (CUDA), ld.lld / codegen revision + arch (HIP)
+        factors["backend_hash"] = _guarded(lambda: _text_hash(str(make_backend(target).hash())))
+    return factors
+
+
+def _ptxas_version() -> str | None:
+    """The version line of the ptxas that Triton would run (its CUDA backend's tool)."""
+    from triton.backends.nvidia.compiler import get_ptxas_version
+
+    lines = [line.strip() for line in str(get_ptxas_version()).splitlines() if line.strip()]
+    release = [line for line in lines if "release" in line]
+    chosen = release or lines
+    return chosen[-1] if chosen else None
+
+
+def _inductor_factors() -> dict[str, Any] | None:
+    if importlib.util.find_spec("torch") is None:
+        return None
+    from torch._inductor.codecache import CacheBase, torch_key
+
+    system: dict[str, Any] = dict(CacheBase.get_system())
+    device: dict[str, Any] = system.get("device") or {}
+    versions: dict[str, Any] = system.get("version") or {}
+    factors: dict[str, Any] = {
+        "torch_key": torch_key().hex(),
+        "device_name": device.get("name"),  # CUDA's product name, ROCm's gcnArchName
+        "cuda": versions.get("cuda"),
+        "hip": versions.get("hip"),
+        "cpp_compiler": _guarded(_cpp_compiler),
+    }
+    return factors
+
+
+def _cpp_compiler() -> str | None:
+    """The C++ compiler Inductor builds CPU kernels with (its command line is in their key)."""
+    from torch._inductor.cpp_builder import get_compiler_version_info, get_cpp_compiler
+
+    compiler = get_cpp_compiler()
+    info = get_compiler_version_info(compiler)  # `-v` output, newlines as "_"
+    version = re.search(r"(?:gcc|clang) version [^_]+", info)
+    return f"{compiler}: {version.group(0).strip() if version else info[:200]}"
+
+
+def _vllm_factors(vllm_root: str | None) -> dict[str, Any] | None:
+    spec = importlib.util.find_spec("vllm")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return {
+        "version": package_version("vllm", VLLM_DISTRIBUTIONS),
+        # vLLM's code hash covers its traced sources WITH their paths: another install path
+        # misses
+        "install_path": os.path.realpath(next(iter(spec.submodule_search_locations))),
+        "graphs": vllm_graph_factors(vllm_root) if vllm_root else {},
+    }
+
+
+def vllm_graph_factors(vllm_root: str) -> dict[str, Any]:
+    """Each graph directory's `cache_key_factors.json` under a vLLM cache root, by its path
+    relative to the root (`torch_compile_cache/<hash>/rank_0_0`)."""
+    found: dict[str, Any] = {}
+    pattern = os.path.join(glob.escape(vllm_root), "torch_compile_cache", "*", "*")
+    for directory in sorted(glob.glob(pattern))[:MAX_VLLM_GRAPHS]:
+        path = os.path.join(directory, "cache_key_factors.json")
+        try:
+            if os.path.getsize(path) > MAX_FACTORS_BYTES:
+                continue
+            with open(path, encoding="utf-8") as handle:
+                found[os.path.relpath(directory, vllm_root)] = json.load(handle)
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def _silicon() -> dict[str, Any] | None:
+    """What the kernels were built for, by the silicon rather than the product name."""
+    if importlib.util.find_spec("torch") is None:
+        return None
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    properties = torch.cuda.get_device_properties(torch.cuda.current_device())
+    return {
+        "cc": f"{properties.major}.{properties.minor}",
+        "sm_count": int(properties.multi_processor_count),
+        "name": str(properties.name),
+        "gcn_arch": getattr(properties, "gcnArchName", None),
+    }

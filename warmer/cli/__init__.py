@@ -31,6 +31,7 @@ COMMANDS = {
     "pull": "registry:pull",
     "pin": "registry:pin",
     "unpin": "registry:unpin",
+    "check": "check:check",
 }
 
 

@@ -187,6 +187,7 @@ def restore(
                 insecure=insecure,
                 progress=ProgressPrinter(),
                 note=console.print,
+                restoring=True,
             )[0]
             with progress_bar("restoring") as update:
                 report = restore_bundle(info.ref, store=opened, progress=update, **options)  # type: ignore[arg-type]

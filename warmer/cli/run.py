@@ -235,6 +235,8 @@ def _report_recompiles(label: str, verify: Mapping[str, Any]) -> None:
             f"[{label}] warning: the warm start from this bundle compiled "
             f"{verify['misses']} artifact(s) again{f' ({kinds})' if kinds else ''}"
         )
+    for artifact, reasons in (verify.get("why_missed") or {}).items():
+        console.print(f"[{label}]   {artifact}: {'; '.join(reasons)}")
     for item in verify.get("recompiled") or []:
         console.print(f"[{label}] warning: recompiled {item['path']}: {item['reason']}")
         console.print(f"[{label}]   try: {item['hint']}")

@@ -30,9 +30,9 @@ MAX_FILES = 250_000
 MAX_MANIFEST_BYTES = 64 << 20
 #: json.loads builds every value before any is checked. Each value but the first follows a
 #: comma or opens with a bracket or brace, so counting those bytes bounds what it builds:
-#: a file entry is one object and five fields; env, job and verify get the rest.
+#: a file entry is one object and five fields; env, job, verify and key_factors get the rest.
 VALUES_PER_FILE = 6
-_OTHER_VALUES = 100_000
+_OTHER_VALUES = 400_000
 #: How deep env, job and verify may nest (a job spec is a few levels deep).
 _MAX_DEPTH = 32
 
@@ -187,6 +187,9 @@ class Manifest:
     files: tuple[FileEntry, ...]
     job: dict[str, object] | None = None
     verify: dict[str, object] | None = None
+    #: what each compiler keys on where the caches were made (`warmer.agent.probe.key_factors`);
+    #: None in manifests written before warmer recorded them, and then left out of the bytes
+    key_factors: dict[str, object] | None = None
     FORMAT: ClassVar[int] = 1
 
     def __post_init__(self) -> None:
@@ -195,7 +198,13 @@ class Manifest:
         if not isinstance(self.env_digest, str) or not self.env_digest:
             raise BundleError(f"env_digest: must be a non-empty string, not {self.env_digest!r}")
         _check_text(self.env_digest, "env_digest")
-        for field, value in (("env", self.env), ("job", self.job), ("verify", self.verify)):
+        sections = (
+            ("env", self.env),
+            ("job", self.job),
+            ("verify", self.verify),
+            ("key_factors", self.key_factors),
+        )
+        for field, value in sections:
             if value is None and field != "env":
                 continue
             if not isinstance(value, dict):
@@ -226,7 +235,9 @@ class Manifest:
         return f"{self.name}@{self.env_tag}"
 
     def to_dict(self) -> dict[str, object]:
+        optional = {} if self.key_factors is None else {"key_factors": self.key_factors}
         return {
+            **optional,
             "format": self.FORMAT,
             "name": self.name,
             "env": self.env,
@@ -280,7 +291,9 @@ class Manifest:
             )
         expected = {"format", "name", "env", "env_tag", "env_digest", "job", "verify", "files"}
         expected.add("content_id")
-        missing, extra = sorted(expected - set(document)), sorted(set(document) - expected)
+        optional = {"key_factors"}
+        missing = sorted(expected - set(document))
+        extra = sorted(set(document) - expected - optional)
         if missing:
             raise BundleError(f"manifest lacks {', '.join(missing)}")
         if extra:
@@ -306,6 +319,7 @@ class Manifest:
             files=tuple(entries),
             job=document["job"],
             verify=document["verify"],
+            key_factors=document.get("key_factors"),
         )
         if document["content_id"] != manifest.content_id:
             raise BundleError(
