@@ -486,9 +486,9 @@ def test_foreign_text_reaches_the_terminal_escaped(served: Served, tmp_path: Pat
     # the env key of a tag: --auto says why it passed the tag over
     env = json.loads(served.manifest["annotations"]["org.warmer.env"])
     env["torch"] = "9.9\x1b[31m\u202e"
-    served.serve_manifest(
-        with_change(served.manifest, ("annotations", "org.warmer.env"), json.dumps(env))
-    )
+    tampered = with_change(served.manifest, ("annotations", "org.warmer.env"), json.dumps(env))
+    for _, tag in list(served.registry.manifests):  # the env tag and the snapshot's own tag
+        served.serve_manifest(tampered, tag)
     result = served.run("restore --auto", tmp_path / "2")
     assert result.exit_code in (2, 5), result.output  # nothing here for this machine
     assert r"9.9\x1b[31m\u202e" in result.output
