@@ -191,11 +191,18 @@ def ls(
             found = None
         else:
             found = index.kernels(scan, kernel_filter, sort)
+    summary = scan.summary()
     if found is not None and as_json:
-        emit_json([kernel.to_json() for kernel in found])
+        emit_json(
+            {
+                "kernels": [kernel.to_json() for kernel in found],
+                "total": len(found),
+                "bytes": sum(kernel.size for kernel in found),
+                "warning": summary,
+            }
+        )
     elif found is not None:
         _table(found)
-    summary = scan.summary()
     if summary:
         console.print(f"warning: {summary}", soft_wrap=True)
 
