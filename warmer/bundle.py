@@ -38,7 +38,14 @@ MEMBER_MTIME = 1577836800
 _CHUNK = 1 << 20
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _GZIP_MAGIC = b"\x1f\x8b"
-_SUFFIXES: dict[str, str] = {"zst": ".tar.zst", "gz": ".tar.gz", "tar": ".tar"}
+_SUFFIXES: dict[Format, str] = {"zst": ".tar.zst", "gz": ".tar.gz", "tar": ".tar"}
+
+
+def format_of_name(name: str) -> Format | None:
+    """The format a bundle file name says by its suffix (`x.tar.gz`, `x.tgz`: gz), or None."""
+    if name.endswith(".tgz"):
+        return "gz"
+    return next((fmt for fmt, suffix in _SUFFIXES.items() if name.endswith(suffix)), None)
 
 
 def bundle_name(manifest: Manifest, fmt: Format = "zst") -> str:

@@ -17,7 +17,10 @@ F = TypeVar("F", bound=Callable[..., object])
 
 class App:
     """What every command shares through the `warmer` group's `ctx.obj`: the settings, read
-    on first use (a command that needs none never fails on a broken config file)."""
+    on first use (a command that needs none never fails on a broken config file), and
+    whether `-v` was given."""
+
+    verbose: bool = False
 
     @functools.cached_property
     def settings(self) -> Settings:

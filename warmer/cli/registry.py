@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 import click
 
 from warmer.cli.options import current_settings, json_option, store_option
-from warmer.cli.output import ProgressPrinter, console, emit_json
+from warmer.cli.output import console, emit_json, progress_bar
 from warmer.units import format_size
 
 F = TypeVar("F", bound=Callable[..., object])
@@ -66,9 +66,10 @@ def push(
         if is_bundle(source):
             info = import_bundle(opened, Path(source))
         else:
-            info = in_store(
-                opened, source, insecure=insecure, progress=ProgressPrinter(), note=console.print
-            )[0]
+            with progress_bar("pulling") as printer:
+                info = in_store(
+                    opened, source, insecure=insecure, progress=printer, note=console.print
+                )[0]
         if explicit is not None:
             reference = explicit
         else:
@@ -78,15 +79,16 @@ def push(
                     "no TARGET given and no registry configured (WARMER_REGISTRY or registry.url)"
                 )
             reference = tier_reference(registry, info.name, info.env_tag)
-        report = push_bundle(
-            opened,
-            info.ref,
-            reference,
-            form="image" if as_image else "artifact",
-            insecure=allow_insecure(insecure),
-            base=base,
-            progress=None if as_json else ProgressPrinter(),
-        )
+        with progress_bar("pushing") as printer:
+            report = push_bundle(
+                opened,
+                info.ref,
+                reference,
+                form="image" if as_image else "artifact",
+                insecure=allow_insecure(insecure),
+                base=base,
+                progress=printer,
+            )
     if as_json:
         emit_json(report.to_dict())
         return
@@ -109,10 +111,8 @@ def pull(source: str, auto: bool, insecure: bool | None, store: Path | None, as_
     from warmer.sources import pull as pull_source
     from warmer.store import Store
 
-    with Store(store) as opened:
-        report = pull_source(
-            opened, source, auto=auto, insecure=insecure, progress=ProgressPrinter()
-        )
+    with Store(store) as opened, progress_bar("pulling") as printer:
+        report = pull_source(opened, source, auto=auto, insecure=insecure, progress=printer)
     if as_json:
         emit_json(report.to_dict())
         return
