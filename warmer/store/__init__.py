@@ -76,6 +76,10 @@ class Store:
     ) -> None:
         self.close()
 
+    def busy(self) -> bool:
+        """Whether a gc or prune holds the store alone now (`warmer doctor` asks, never waits)."""
+        return self._lock.busy()
+
     def close(self) -> None:
         """Drop what was put and never committed, release the index and the lock.
 
