@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from warmer.cli.options import current_settings, json_option, store_option
+from warmer.cli.options import complete_ref, current_settings, json_option, store_option
 from warmer.cli.output import console, emit_json, progress_bar
 from warmer.cli.registry import insecure_option
 from warmer.units import format_size
@@ -65,7 +65,7 @@ def save(
 
 
 @click.command()
-@click.argument("ref")
+@click.argument("ref", shell_complete=complete_ref)
 @click.option(
     "-o",
     "--output",
@@ -128,7 +128,7 @@ def import_(bundle: Path, store: Path | None, as_json: bool) -> None:
 
 
 @click.command()
-@click.argument("source")
+@click.argument("source", shell_complete=complete_ref)
 @click.option(
     "--root",
     type=click.Path(file_okay=False, path_type=Path),

@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 import click
 
-from warmer.cli.options import current_settings, json_option, store_option
+from warmer.cli.options import complete_ref, current_settings, json_option, store_option
 from warmer.cli.output import console, emit_json, progress_bar
 from warmer.units import format_size
 
@@ -26,7 +26,7 @@ def insecure_option(function: F) -> F:
 
 
 @click.command()
-@click.argument("source")
+@click.argument("source", shell_complete=complete_ref)
 @click.argument("target", required=False)
 @click.option("--as-image", is_flag=True, help="Push the runnable-image form (COPY --from=…).")
 @click.option(
@@ -127,7 +127,7 @@ def _pin_command(pinned: bool) -> click.Command:
     verb = "pin" if pinned else "unpin"
 
     @click.command(verb)
-    @click.argument("ref")
+    @click.argument("ref", shell_complete=complete_ref)
     @store_option
     @json_option
     def command(ref: str, store: Path | None, as_json: bool) -> None:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from warmer.cli.options import current_settings, json_option, store_option
+from warmer.cli.options import complete_ref, current_settings, json_option, store_option
 from warmer.cli.output import ago, console, emit_json, table
 from warmer.errors import BundleError, StoreError, UsageError
 from warmer.units import format_duration, format_size, parse_duration, parse_size
@@ -93,7 +93,7 @@ def _describe_verify(verify: dict[str, object] | None) -> str:
 
 
 @click.command("show")
-@click.argument("ref")
+@click.argument("ref", shell_complete=complete_ref)
 @click.option("--files", "list_files", is_flag=True, help="List every file.")
 @store_option
 @json_option

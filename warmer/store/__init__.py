@@ -25,7 +25,7 @@ from warmer.errors import BundleError, NotFound, StoreError, UsageError
 from warmer.files import atomic_file
 from warmer.store.cas import ObjectStore, digest_bytes
 from warmer.store.gc import GcResult, PrunePlan, VerifyReport, plan_prune, sweep, verify
-from warmer.store.index import Index, SnapshotInfo
+from warmer.store.index import Index, SnapshotInfo, peek_refs
 from warmer.store.locks import StoreLock
 from warmer.store.manifest import FileEntry, Manifest
 
@@ -75,6 +75,10 @@ class Store:
         traceback: TracebackType | None,
     ) -> None:
         self.close()
+
+    def peek_refs(self) -> list[str]:
+        """Every ref, read without creating, locking or migrating anything (shell completion)."""
+        return peek_refs(self.root / "index.sqlite")
 
     def busy(self) -> bool:
         """Whether a gc or prune holds the store alone now (`warmer doctor` asks, never waits)."""
