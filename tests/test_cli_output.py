@@ -177,3 +177,38 @@ def test_push_and_pull_print_plain_progress_lines(triton_cache: Path, tmp_path: 
     assert pulled.returncode == 0, pulled.stderr
     done = files_line("pulling").findall(pulled.stderr)
     assert done and done[-1][0] == done[-1][1], pulled.stderr
+
+
+def test_on_a_terminal_a_bar_and_with_v_plain_lines(triton_cache: Path, tmp_path: Path) -> None:
+    """stderr a real pseudo-terminal: the transient bar, no plain lines; `-v`: plain lines."""
+    import pty
+
+    bundle, _manifest = saved_triton(triton_cache, tmp_path)
+
+    def restore_on_a_terminal(*options: str) -> str:
+        root = tmp_path / f"fresh{len(options)}"
+        command = [*options, "restore", str(bundle), "--root", str(root)]
+        controller, terminal = pty.openpty()
+        process = subprocess.Popen(
+            [sys.executable, "-c", "from warmer.cli import main; main()", *command],
+            stdout=subprocess.DEVNULL,
+            stderr=terminal,
+            env={**os.environ, "PYTHONPATH": str(REPO), "TERM": "xterm"},
+        )
+        os.close(terminal)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(controller, 65536)
+            except OSError:  # the terminal closed: the process is done writing
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        os.close(controller)
+        assert process.wait() == 0
+        return b"".join(chunks).decode("utf-8", "replace").replace("\r\n", "\n")
+
+    plain = files_line("restoring")
+    assert not plain.search(restore_on_a_terminal())
+    assert plain.search(restore_on_a_terminal("-v"))
