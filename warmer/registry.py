@@ -644,15 +644,25 @@ def _fetch(
         say("layer", {"detail": f"fetched {layer.digest[7:19]} ({format_size(layer.size)})"})
         return layer.size
 
-    sizes = {entry.digest: entry.size for entry in published.manifest.files}
-    totals = {"files_total": len(missing), "bytes_total": sum(sizes[d] for d in missing)}
+    #: the manifest's files and bytes that each missing object provides (one object may be
+    #: several identical files), for the `files` reports
+    counts: dict[str, list[int]] = {}
+    for entry in published.manifest.files:
+        if entry.digest in missing:
+            files_bytes = counts.setdefault(entry.digest, [0, 0])
+            files_bytes[0] += 1
+            files_bytes[1] += entry.size
+    totals = {
+        "files_total": sum(c[0] for c in counts.values()),
+        "bytes_total": sum(c[1] for c in counts.values()),
+    }
     done_files = done_bytes = 0
     received = []
     with ThreadPoolExecutor(min(_WORKERS, len(plan))) as pool:
         for position, size in zip(sorted(plan), pool.map(one, sorted(plan)), strict=True):
             received.append(size)
-            done_files += len(wanted[position])
-            done_bytes += sum(sizes[d] for d in wanted[position])
+            done_files += sum(counts[d][0] for d in wanted[position])
+            done_bytes += sum(counts[d][1] for d in wanted[position])
             say("files", {"files": done_files, "bytes": done_bytes, **totals})
     return len(received), sum(received)
 
