@@ -42,8 +42,8 @@ def doctor(store: Path | None, as_json: bool) -> None:
     Exit 0 when no check fails (warnings allowed), 1 otherwise.
     """
     checks: list[Check] = []
-    for run in (_config, _engines, _registry, _store, _space, _env_key):
-        checks.extend(_guarded(run, store))
+    for name, run in CHECKS.items():
+        checks.extend(_guarded(name, run, store))
     failed = [check for check in checks if check.status == "fail"]
     if as_json:
         emit_json({"checks": [asdict(check) for check in checks], "ok": not failed})
@@ -60,12 +60,13 @@ def doctor(store: Path | None, as_json: bool) -> None:
         raise WarmerError(f"{len(failed)} check(s) failed: {names}")
 
 
-def _guarded(run: Callable[[Path | None], list[Check]], store: Path | None) -> list[Check]:
-    """A check that raises is a failed check named after it, never a traceback."""
+def _guarded(
+    name: str, run: Callable[[Path | None], list[Check]], store: Path | None
+) -> list[Check]:
+    """A check that raises is a failed check of its name, never a traceback."""
     try:
         return run(store)
     except (WarmerError, OSError) as exc:
-        name = run.__name__.strip("_").replace("_", " ")
         return [Check(name, "fail", str(exc))]
 
 
@@ -215,3 +216,14 @@ def _existing_ancestor(path: Path) -> Path:
     while not path.exists() and path != path.parent:
         path = path.parent
     return path
+
+
+#: Each check by the name its lines carry, in the order they print.
+CHECKS: dict[str, Callable[[Path | None], list[Check]]] = {
+    "config": _config,
+    "engine": _engines,
+    "registry": _registry,
+    "store": _store,
+    "free space": _space,
+    "env key": _env_key,
+}
