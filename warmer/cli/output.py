@@ -13,6 +13,7 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
+from warmer.cli.options import App
 from warmer.units import format_duration, format_size
 
 #: Messages, progress and logs: stderr, markup off so user strings print as they are.
@@ -78,9 +79,9 @@ def table(
     sys.stdout.flush()
 
 
-#: Seconds between plain progress lines (stderr not a terminal, or `-v`).
+#: Seconds between plain progress lines where stderr is not a terminal ...
 PLAIN_EVERY = 10.0
-#: ... and with `warmer -v`.
+#: ... and with `warmer -v` (on a terminal too).
 VERBOSE_EVERY = 1.0
 
 
@@ -192,8 +193,6 @@ def progress_bar(description: str) -> Iterator[ProgressPrinter]:
 
 def is_verbose() -> bool:
     """Whether the `warmer` group was given `-v` (False outside a command)."""
-    from warmer.cli.options import App
-
     context = click.get_current_context(silent=True)
     app = context.find_object(App) if context is not None else None
     return app is not None and app.verbose
