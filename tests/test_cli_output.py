@@ -142,6 +142,8 @@ def test_export_into_a_directory_and_refuse_a_wrong_extension(
         result = CliRunner().invoke(cli, ["export", manifest.ref, *args, *store])
         return result.exit_code, result.stdout, result.stderr
 
+    unknown = CliRunner().invoke(cli, ["export", "nothing@here", "-o", f"{tmp_path}/new/", *store])
+    assert unknown.exit_code != 0 and not (tmp_path / "new").exists()
     code, _out, err = export("-o", f"{tmp_path}/new/", "--json")
     assert code == 0, err
     written = list((tmp_path / "new").iterdir())

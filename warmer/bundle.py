@@ -91,9 +91,12 @@ def write_bundle(
     open_object: Callable[[str], BinaryIO],
     destination: Path,
     fmt: Format = "zst",
+    *,
+    directory: bool | None = None,
 ) -> Path:
-    """Write a bundle file atomically; `destination` is a directory or a file name."""
-    if destination.is_dir():
+    """Write a bundle file atomically; `destination` is a directory (made when missing) where
+    `directory` says so, or by default when it is one, else a file name."""
+    if directory or (directory is None and destination.is_dir()):
         destination = destination / bundle_name(manifest, fmt)
     destination.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(destination, durable=True) as raw, compressed_writer(raw, fmt) as stream:
@@ -447,10 +450,13 @@ def verify_bundle(path: Path) -> list[str]:
     return []
 
 
-def export_bundle(store: Store, ref: str, destination: Path, fmt: Format = "zst") -> Path:
-    """Write the snapshot `ref` of `store` as a bundle (a directory or a file name)."""
+def export_bundle(
+    store: Store, ref: str, destination: Path, fmt: Format = "zst", *, directory: bool | None = None
+) -> Path:
+    """Write the snapshot `ref` of `store` as a bundle (a directory or a file name, see
+    `write_bundle`); an unknown ref fails before anything is made."""
     _info, manifest = store.resolve(ref)
-    return write_bundle(manifest, store.open_object, destination, fmt)
+    return write_bundle(manifest, store.open_object, destination, fmt, directory=directory)
 
 
 def import_bundle(store: Store, path: Path) -> SnapshotInfo:

@@ -90,9 +90,9 @@ def export(ref: str, output: str, fmt: str | None, store: Path | None, as_json: 
     from warmer.store import Store
 
     destination = Path(output)
-    if output.endswith("/") or destination.is_dir():
+    directory = output.endswith("/") or destination.is_dir()
+    if directory:
         fmt = fmt or current_settings().bundle_format
-        destination.mkdir(parents=True, exist_ok=True)
     else:
         named = format_of_name(destination.name)
         fmt = fmt or named or current_settings().bundle_format
@@ -102,7 +102,7 @@ def export(ref: str, output: str, fmt: str | None, store: Path | None, as_json: 
                 f"-o {output}: a {fmt} bundle's file name ends in {wanted} "
                 "(end -o with / to write into a directory under the canonical name)"
             )
-    path = export_bundle(Store(store), ref, destination, fmt)  # type: ignore[arg-type]
+    path = export_bundle(Store(store), ref, destination, fmt, directory=directory)  # type: ignore[arg-type]
     if as_json:
         emit_json({"bundle": str(path), "bytes": path.stat().st_size})
     else:
