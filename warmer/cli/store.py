@@ -99,12 +99,12 @@ def _describe_verify(verify: dict[str, object] | None) -> str:
 @json_option
 def show(ref: str, list_files: bool, store: Path | None, as_json: bool) -> None:
     """Describe the snapshot REF (a ref, a name, or an id prefix)."""
-    from warmer.cli.output import ProgressPrinter
+    from warmer.cli.output import progress_bar
     from warmer.sources import local_or_tier
 
-    with _open_store(store) as opened:
+    with _open_store(store) as opened, progress_bar("pulling") as printer:
         info, manifest = local_or_tier(
-            opened, ref, touch=False, progress=ProgressPrinter(), note=console.print
+            opened, ref, touch=False, progress=printer, note=console.print
         )
     kinds = _kind_totals(manifest)
     job_name = manifest.job.get("name") if manifest.job else None
