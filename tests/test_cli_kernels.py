@@ -69,8 +69,11 @@ def warmer_cli(*args: str, stdin: str | None = None) -> Result:
 def ls_json(cache: Path, *args: str) -> list[dict[str, Any]]:
     result = warmer_cli("ls", "--cache-dir", str(cache), "--json", *args)
     assert result.exit_code == 0, result.output
-    document: list[dict[str, Any]] = json.loads(result.stdout)
-    return document
+    document: dict[str, Any] = json.loads(result.stdout)
+    assert document["total"] == len(document["kernels"])
+    assert document["bytes"] == sum(k["size"] for k in document["kernels"])
+    kernels: list[dict[str, Any]] = document["kernels"]
+    return kernels
 
 
 def file_names(cache: Path) -> set[str]:
@@ -127,7 +130,7 @@ def test_ls_filters_ages_and_default_cache_dir(
     assert missing.exit_code == 2 and "no such cache directory" in missing.output
 
     monkeypatch.setenv("TRITON_CACHE_DIR", str(triton_cache))
-    assert len(json.loads(warmer_cli("ls", "--json").stdout)) == 6
+    assert json.loads(warmer_cli("ls", "--json").stdout)["total"] == 6
 
 
 def test_concurrent_listings_share_one_index(triton_cache: Path) -> None:
@@ -143,7 +146,7 @@ def test_concurrent_listings_share_one_index(triton_cache: Path) -> None:
     ]
     for listing in listings:
         out, _ = listing.communicate()
-        assert listing.returncode == 0 and len(json.loads(out)) == 6
+        assert listing.returncode == 0 and json.loads(out)["total"] == 6
 
 
 def test_hits_from_real_tracking_drive_filters_and_sort(
@@ -259,7 +262,8 @@ def test_ls_reads_a_store_ref_and_a_bundle(triton_cache: Path, tmp_path: Path) -
     from_store = warmer_cli("ls", ref, "--store", str(store_root), "--json")
     assert from_store.exit_code == 0, from_store.output
     on_disk = {(k["hash"], k["binary_digest"]) for k in ls_json(triton_cache)}
-    assert {(k["hash"], k["binary_digest"]) for k in json.loads(from_store.stdout)} == on_disk
+    stored = json.loads(from_store.stdout)["kernels"]
+    assert {(k["hash"], k["binary_digest"]) for k in stored} == on_disk
     from_bundle = warmer_cli("ls", str(bundle), "-q", "--arch", "gfx942")
     assert from_bundle.exit_code == 0 and len(from_bundle.stdout.split()) == 2
     unknown = warmer_cli("ls", "nothing@here", "--store", str(store_root))

@@ -189,3 +189,47 @@ def test_verify_names_what_an_incomplete_bundle_made_the_warm_start_compile(
     assert result["by_kind"]["inductor-fxgraph"]["misses"] >= 1, result
     assert result["misses"] >= 1 and result["hit_rate"] < 1.0
     assert any(name.startswith("inductor-fxgraph:") for name in result["missed"])
+
+
+def test_local_runtime_keeps_inductors_triton_kernels_where_a_deployment_looks(
+    tmp_path: Path,
+) -> None:
+    """Inductor puts its Triton kernels under its own root only while TRITON_CACHE_DIR is
+    unset, as in a container or a deployment: the local runtime must leave it unset, or the
+    kernels are recorded at Triton's root and a deployment from the bundle compiles them again."""
+    pytest.importorskip("torch", reason="the helper asks torch where Inductor puts Triton")
+    pytest.importorskip("triton", reason="Triton is not installed")
+    import getpass
+    import subprocess
+    import sys
+    import tempfile
+
+    from conftest import HELPERS
+
+    script = [sys.executable, str(HELPERS / "inductor_triton.py")]
+    if os.environ.get("TRITON_CACHE_DIR"):
+        pytest.skip("TRITON_CACHE_DIR is set here: Inductor would use it in a deployment too")
+    job = write_job(
+        tmp_path, None, image=None, engine={"kind": "command", "command": script}, warmup=None
+    )
+    done = warmer(
+        "run", str(job), "--runtime", "local", "--out", str(tmp_path / "dist"), "--json",
+        tmp_path=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    [result] = json.loads(done.stdout)["jobs"]
+    manifest = read_manifest(Path(result["bundle"]))
+    inductor = os.path.join(tempfile.gettempdir(), f"torchinductor_{getpass.getuser()}")
+    kernels = [e.path for e in manifest.files if e.kind == "inductor" and "/triton/0/" in e.path]
+    assert kernels and all(p.startswith(inductor + "/triton/0/") for p in kernels), [
+        e.path for e in manifest.files
+    ]
+
+    # a deployment: the bundle restored, nothing set, so Inductor looks at its default place
+    fresh = tmp_path / "fresh"
+    restored = warmer("restore", result["bundle"], "--root", str(fresh), tmp_path=tmp_path)
+    assert restored.returncode == 0, restored.stderr
+    deployed = {k: v for k, v in os.environ.items() if k != "TRITON_CACHE_DIR"}
+    deployed["TMPDIR"] = str(fresh) + tempfile.gettempdir()
+    again = subprocess.run(script, capture_output=True, text=True, env=deployed, check=True)
+    assert json.loads(again.stdout.splitlines()[-1])["hits"] == [True]

@@ -38,7 +38,14 @@ MEMBER_MTIME = 1577836800
 _CHUNK = 1 << 20
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _GZIP_MAGIC = b"\x1f\x8b"
-_SUFFIXES: dict[str, str] = {"zst": ".tar.zst", "gz": ".tar.gz", "tar": ".tar"}
+_SUFFIXES: dict[Format, str] = {"zst": ".tar.zst", "gz": ".tar.gz", "tar": ".tar"}
+
+
+def format_of_name(name: str) -> Format | None:
+    """The format a bundle file name says by its suffix (`x.tar.gz`, `x.tgz`: gz), or None."""
+    if name.endswith(".tgz"):
+        return "gz"
+    return next((fmt for fmt, suffix in _SUFFIXES.items() if name.endswith(suffix)), None)
 
 
 def bundle_name(manifest: Manifest, fmt: Format = "zst") -> str:
@@ -104,9 +111,12 @@ def write_bundle(
     open_object: Callable[[str], BinaryIO],
     destination: Path,
     fmt: Format = "zst",
+    *,
+    directory: bool | None = None,
 ) -> Path:
-    """Write a bundle file atomically; `destination` is a directory or a file name."""
-    if destination.is_dir():
+    """Write a bundle file atomically; `destination` is a directory (made when missing) where
+    `directory` says so, or by default when it is one, else a file name."""
+    if directory or (directory is None and destination.is_dir()):
         destination = destination / bundle_name(manifest, fmt)
     destination.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(destination, durable=True) as raw, compressed_writer(raw, fmt) as stream:
@@ -460,10 +470,13 @@ def verify_bundle(path: Path) -> list[str]:
     return []
 
 
-def export_bundle(store: Store, ref: str, destination: Path, fmt: Format = "zst") -> Path:
-    """Write the snapshot `ref` of `store` as a bundle (a directory or a file name)."""
+def export_bundle(
+    store: Store, ref: str, destination: Path, fmt: Format = "zst", *, directory: bool | None = None
+) -> Path:
+    """Write the snapshot `ref` of `store` as a bundle (a directory or a file name, see
+    `write_bundle`); an unknown ref fails before anything is made."""
     _info, manifest = store.resolve(ref)
-    return write_bundle(manifest, store.open_object, destination, fmt)
+    return write_bundle(manifest, store.open_object, destination, fmt, directory=directory)
 
 
 def import_bundle(store: Store, path: Path) -> SnapshotInfo:

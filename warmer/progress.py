@@ -8,9 +8,10 @@ the kinds below; a consumer ignores the kinds it does not know.
   `backend`
 - `phase`, a job's step (runner): `job`, `phase`
 - `line`, a warm-up's log line (runner): `job`, `line`
-- `progress`, the agent's own progress (runner): `job`, `step`, `i` and `n` when it counts
-- `files`, files handled (harvest, save, restore): `files`, `bytes`; `files_total` and
-  `bytes_total` when known
+- `progress`, the agent's own progress (runner): `job`, `step`, `i` and `n` when it counts;
+  a heartbeat of a step still running adds `elapsed_s`
+- `files`, files handled (harvest, save, restore, push, pull): `files`, `bytes`;
+  `files_total` and `bytes_total` when known
 - `layer`, a registry layer uploaded, reused or fetched (push, pull): `detail`
 - `tag`, a tag picked or passed over by `--auto` (pull): `detail`
 

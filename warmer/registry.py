@@ -371,6 +371,13 @@ def push(
             sent = registry.upload_blob(cast(BinaryIO, spool), layer.digest, layer.size)
         return layer, sent
 
+    #: the sizes of the files in each layer of the plan, for the `files` reports
+    contents = [
+        [f.size for f in item[0]] if isinstance(item, tuple) else [f[2] for f in item.files]
+        for item in plan
+    ]
+    totals = {"files_total": sum(map(len, contents)), "bytes_total": sum(map(sum, contents))}
+    done_files = done_bytes = 0
     with ThreadPoolExecutor(min(_WORKERS, max(1, len(plan)))) as pool:
         jobs = []
         for item in plan:
@@ -387,6 +394,9 @@ def push(
             state = "reused" if is_reused else ("uploaded" if sent else "already there")
             size = format_size(layer.size)
             say("layer", {"detail": f"{number}/{len(plan)} {state} {layer.digest[7:19]} ({size})"})
+            done_files += len(contents[number - 1])
+            done_bytes += sum(contents[number - 1])
+            say("files", {"files": done_files, "bytes": done_bytes, **totals})
     config = _config_blob(form, manifest, layers)
     config_digest = "sha256:" + hashlib.sha256(config).hexdigest()
     registry.upload_blob(config, config_digest, len(config))
@@ -667,6 +677,7 @@ def _fetch(
                 f"{published.reference}: no layer holds {digest} that the manifest lists"
             )
         plan.setdefault(holder[digest], set()).add(digest)
+    wanted = {position: frozenset(digests) for position, digests in plan.items()}
 
     def one(position: int) -> int:
         layer = published.layers[position]
@@ -696,9 +707,27 @@ def _fetch(
         say("layer", {"detail": f"fetched {layer.digest[7:19]} ({format_size(layer.size)})"})
         return layer.size
 
+    #: the manifest's files and bytes that each missing object provides (one object may be
+    #: several identical files), for the `files` reports
+    counts: dict[str, list[int]] = {}
+    for entry in published.manifest.files:
+        if entry.digest in missing:
+            files_bytes = counts.setdefault(entry.digest, [0, 0])
+            files_bytes[0] += 1
+            files_bytes[1] += entry.size
+    totals = {
+        "files_total": sum(c[0] for c in counts.values()),
+        "bytes_total": sum(c[1] for c in counts.values()),
+    }
+    done_files = done_bytes = 0
+    received = []
     with ThreadPoolExecutor(min(_WORKERS, len(plan))) as pool:
-        sizes = list(pool.map(one, sorted(plan)))
-    return len(sizes), sum(sizes)
+        for position, size in zip(sorted(plan), pool.map(one, sorted(plan)), strict=True):
+            received.append(size)
+            done_files += sum(counts[d][0] for d in wanted[position])
+            done_bytes += sum(counts[d][1] for d in wanted[position])
+            say("files", {"files": done_files, "bytes": done_bytes, **totals})
+    return len(received), sum(received)
 
 
 def _layer_digests(layers: list[LayerFiles]) -> Iterator[tuple[int, str]]:

@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import sys
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -22,6 +23,9 @@ from warmer.caches import Facts
 PROTOCOL_VERSION = 1
 PROGRESS_PREFIX = "WARMER-PROGRESS "
 REPORT_PREFIX = "WARMER-REPORT "
+#: Seconds between heartbeats of a step that is still running (a compile can go quiet for
+#: minutes; a CI log, or a runner that kills quiet jobs, sees that the job is alive).
+HEARTBEAT_S = 30.0
 
 
 class EngineError(Exception):
@@ -48,6 +52,7 @@ class Channel:
 
     def __init__(self, stream: TextIO) -> None:
         self.stream = stream
+        self.lock = threading.Lock()  # heartbeats come from another thread
 
     @classmethod
     def take_stdout(cls) -> Channel:
@@ -58,15 +63,18 @@ class Channel:
         return cls(protocol)
 
     def send(self, prefix: str, document: Mapping[str, Any]) -> None:
-        self.stream.write(prefix + json.dumps(document, sort_keys=True, default=str) + "\n")
-        self.stream.flush()
+        line = prefix + json.dumps(document, sort_keys=True, default=str) + "\n"
+        with self.lock:
+            self.stream.write(line)
+            self.stream.flush()
 
 
 class Progress:
-    """Announces each warm-up step on the channel and records how long it took."""
+    """Announces each warm-up step on the channel, sends a heartbeat (`elapsed_s`) every
+    `heartbeat` seconds while it runs, and records how long it took."""
 
-    def __init__(self, channel: Channel) -> None:
-        self.channel = channel
+    def __init__(self, channel: Channel, heartbeat: float = HEARTBEAT_S) -> None:
+        self.channel, self.heartbeat = channel, heartbeat
         self.total = 0
         self.steps: list[dict[str, Any]] = []
 
@@ -77,11 +85,23 @@ class Progress:
     @contextlib.contextmanager
     def step(self, name: str) -> Iterator[None]:
         index = len(self.steps) + 1
-        self.channel.send(PROGRESS_PREFIX, {"step": name, "i": index, "n": self.total})
+        announce = {"step": name, "i": index, "n": self.total}
+        self.channel.send(PROGRESS_PREFIX, announce)
         started = time.perf_counter()
+        done = threading.Event()
+
+        def beat() -> None:
+            while not done.wait(self.heartbeat):
+                elapsed = round(time.perf_counter() - started, 1)
+                self.channel.send(PROGRESS_PREFIX, {**announce, "elapsed_s": elapsed})
+
+        beating = threading.Thread(target=beat, name="warmer-heartbeat", daemon=True)
+        beating.start()
         try:
             yield
         finally:
+            done.set()
+            beating.join()
             self.steps.append({"name": name, "seconds": round(time.perf_counter() - started, 3)})
 
 

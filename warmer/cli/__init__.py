@@ -32,6 +32,7 @@ COMMANDS = {
     "pin": "registry:pin",
     "unpin": "registry:unpin",
     "check": "check:check",
+    "doctor": "doctor:doctor",
 }
 
 
@@ -85,15 +86,21 @@ def fail(ctx: click.Context, message: str, exit_code: int, as_json: bool) -> Non
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="warmer")
+@click.option(
+    "-v",
+    "--verbose",
+    is_flag=True,
+    help="Plain progress lines every second, also on a terminal (in place of the bar).",
+)
 @click.pass_context
-def cli(ctx: click.Context) -> None:
+def cli(ctx: click.Context, verbose: bool) -> None:
     """Warm compile caches in a container, store them, ship them as bundles.
 
     Exit codes: 0 ok, 1 unexpected failure, 2 bad usage or invalid spec/bundle,
     3 the warm-up job failed or timed out, 4 environment mismatch on restore,
     5 nothing to restore for this environment, 130 interrupted.
     """
-    ctx.ensure_object(App)
+    ctx.ensure_object(App).verbose = verbose
 
 
 def main() -> None:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from warmer.cli.options import current_settings, json_option, store_option
-from warmer.cli.output import ProgressPrinter, console, emit_json, progress_bar
+from warmer.cli.options import complete_ref, current_settings, json_option, store_option
+from warmer.cli.output import console, emit_json, progress_bar
 from warmer.cli.registry import insecure_option
 from warmer.units import format_size
 
@@ -67,14 +67,14 @@ def save(
 
 
 @click.command()
-@click.argument("ref")
+@click.argument("ref", shell_complete=complete_ref)
 @click.option(
     "-o",
     "--output",
-    type=click.Path(path_type=Path),
-    default=Path("."),
+    default=".",
     show_default=True,
-    help="Bundle file, or a directory to put it in under its canonical name.",
+    help="Bundle file (its suffix must match the format), or a directory (an existing one, "
+    "or a name ending in /) to put it in under its canonical name.",
 )
 @click.option(
     "--format",
@@ -85,16 +85,26 @@ def save(
 )
 @store_option
 @json_option
-def export(ref: str, output: Path, fmt: str | None, store: Path | None, as_json: bool) -> None:
+def export(ref: str, output: str, fmt: str | None, store: Path | None, as_json: bool) -> None:
     """Export the snapshot REF from the store as a bundle."""
-    from warmer.bundle import export_bundle
+    from warmer.bundle import export_bundle, format_of_name
+    from warmer.errors import UsageError
     from warmer.store import Store
 
-    if fmt is None:
-        suffix = "gz" if output.name.endswith((".gz", ".tgz")) else None
-        suffix = suffix or ("zst" if output.name.endswith(".zst") else None)
-        fmt = suffix or current_settings().bundle_format
-    path = export_bundle(Store(store), ref, output, fmt)  # type: ignore[arg-type]
+    destination = Path(output)
+    directory = output.endswith("/") or destination.is_dir()
+    if directory:
+        fmt = fmt or current_settings().bundle_format
+    else:
+        named = format_of_name(destination.name)
+        fmt = fmt or named or current_settings().bundle_format
+        if named != fmt:
+            wanted = {"zst": ".tar.zst", "gz": ".tar.gz or .tgz", "tar": ".tar"}[fmt]
+            raise UsageError(
+                f"-o {output}: a {fmt} bundle's file name ends in {wanted} "
+                "(end -o with / to write into a directory under the canonical name)"
+            )
+    path = export_bundle(Store(store), ref, destination, fmt, directory=directory)  # type: ignore[arg-type]
     if as_json:
         emit_json({"bundle": str(path), "bytes": path.stat().st_size})
     else:
@@ -121,7 +131,7 @@ def import_(bundle: Path, store: Path | None, as_json: bool) -> None:
 
 
 @click.command()
-@click.argument("source")
+@click.argument("source", shell_complete=complete_ref)
 @click.option(
     "--root",
     type=click.Path(file_okay=False, path_type=Path),
@@ -180,15 +190,16 @@ def restore(
             report = restore_bundle(source, progress=update, **options)  # type: ignore[arg-type]
     else:
         with Store(store) as opened:
-            info = in_store(
-                opened,
-                source,
-                auto=auto,
-                insecure=insecure,
-                progress=ProgressPrinter(),
-                note=console.print,
-                restoring=True,
-            )[0]
+            with progress_bar("pulling") as printer:
+                info = in_store(
+                    opened,
+                    source,
+                    auto=auto,
+                    insecure=insecure,
+                    progress=printer,
+                    note=console.print,
+                    restoring=True,
+                )[0]
             with progress_bar("restoring") as update:
                 report = restore_bundle(info.ref, store=opened, progress=update, **options)  # type: ignore[arg-type]
     if as_json:

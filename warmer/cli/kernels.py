@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 import click
 
-from warmer.cli.options import current_settings, json_option, store_option
+from warmer.cli.options import complete_ref, current_settings, json_option, store_option
 from warmer.cli.output import ago, console, emit_json, table
 from warmer.errors import UsageError, WarmerError
 from warmer.kernels import (
@@ -157,7 +157,7 @@ def kernels() -> None:
 
 
 @kernels.command("ls")
-@click.argument("source", required=False, metavar="[REF|BUNDLE]")
+@click.argument("source", required=False, metavar="[REF|BUNDLE]", shell_complete=complete_ref)
 @_cache_dir_option
 @_filter_options
 @click.option(
@@ -191,11 +191,18 @@ def ls(
             found = None
         else:
             found = index.kernels(scan, kernel_filter, sort)
+    summary = scan.summary()
     if found is not None and as_json:
-        emit_json([kernel.to_json() for kernel in found])
+        emit_json(
+            {
+                "kernels": [kernel.to_json() for kernel in found],
+                "total": len(found),
+                "bytes": sum(kernel.size for kernel in found),
+                "warning": summary,
+            }
+        )
     elif found is not None:
         _table(found)
-    summary = scan.summary()
     if summary:
         console.print(f"warning: {summary}", soft_wrap=True)
 

@@ -13,7 +13,8 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
-from warmer.units import format_duration
+from warmer.cli.options import App
+from warmer.units import format_duration, format_size
 
 #: Messages, progress and logs: stderr, markup off so user strings print as they are.
 console = Console(stderr=True, markup=False, highlight=False, soft_wrap=True)
@@ -81,11 +82,18 @@ def table(
     sys.stdout.flush()
 
 
+#: Seconds between plain progress lines where stderr is not a terminal ...
+PLAIN_EVERY = 10.0
+#: ... and with `warmer -v` (on a terminal too).
+VERBOSE_EVERY = 1.0
+
+
 class ProgressPrinter:
     """Prints every kind of `warmer.progress` report on stderr, one printer for all commands:
-    where a job starts (with `starts`), its log lines (unless `quiet`), the agent's progress,
-    its phases, registry layers and tags; `files` counts move the bar of `progress_bar`
-    (nothing without one)."""
+    where a job starts (with `starts`), its log lines (unless `quiet`), the agent's progress
+    and heartbeats, its phases, registry layers and tags. `files` counts move the bar of
+    `progress_bar`, or, where there is no bar and the printer has a `label` (stderr not a
+    terminal: CI logs), become a plain line every `every` seconds and one at `finish()`."""
 
     def __init__(
         self,
@@ -93,8 +101,15 @@ class ProgressPrinter:
         quiet: bool = False,
         starts: bool = True,
         bar: Callable[[Mapping[str, Any]], None] | None = None,
+        label: str | None = None,
+        every: float = PLAIN_EVERY,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.quiet, self.starts, self.bar = quiet, starts, bar
+        self.label, self.every, self.clock = label, every, clock
+        self.started = clock()
+        self._last: Mapping[str, Any] | None = None
+        self._printed_at: float | None = None
 
     def __call__(self, kind: str, data: Mapping[str, Any]) -> None:
         job = data.get("job")
@@ -103,14 +118,43 @@ class ProgressPrinter:
         elif kind == "line" and not self.quiet:
             console.print(f"[{job}] | {data['line']}")
         elif kind == "progress":
-            where = f" {data['i']}/{data['n']}" if "i" in data and "n" in data else ""
-            console.print(f"[{job}] {data.get('step', '')}{where}")
+            where = f" {data['i']}/{data['n']}" if data.get("i") and data.get("n") else ""
+            still = (
+                f": still running, {format_duration(data['elapsed_s'])}"
+                if "elapsed_s" in data
+                else ""
+            )
+            console.print(f"[{job}] {data.get('step', '')}{where}{still}")
         elif kind == "phase":
             console.print(f"[{job}] {data['phase']}…")
         elif kind == "files" and self.bar is not None:
             self.bar(data)
+        elif kind == "files" and self.label is not None:
+            self._last = data
+            now = self.clock()
+            if now - (self._printed_at or self.started) >= self.every:
+                self._printed_at = now
+                console.print(self.files_line(data))
         elif kind in ("layer", "tag"):
             console.print(f"{kind}: {data['detail']}")
+
+    def files_line(self, data: Mapping[str, Any]) -> str:
+        """`LABEL: 120/300 files, 4.2M/9.0M, 12s`: a plain progress line."""
+
+        def count(done: str, total: str, show: Callable[[int], str]) -> str:
+            whole = data.get(total)
+            return show(data[done]) + (f"/{show(whole)}" if whole is not None else "")
+
+        files = count("files", "files_total", str)
+        size = count("bytes", "bytes_total", format_size)
+        return (
+            f"{self.label}: {files} files, {size}, {format_duration(self.clock() - self.started)}"
+        )
+
+    def finish(self) -> None:
+        """The last plain line (what was done, in how long), when `files` were reported."""
+        if self.label is not None and self.bar is None and self._last is not None:
+            console.print(self.files_line(self._last))
 
 
 def start_line(data: Mapping[str, Any]) -> str:
@@ -121,10 +165,17 @@ def start_line(data: Mapping[str, Any]) -> str:
 
 @contextmanager
 def progress_bar(description: str) -> Iterator[ProgressPrinter]:
-    """A transient progress line on stderr, moved by the `files` reports of the printer it
-    yields. Silent when stderr is not a terminal (CI logs stay readable)."""
-    if not console.is_terminal:
-        yield ProgressPrinter()
+    """Progress of one operation on stderr, moved by the `files` reports of the printer it
+    yields: a transient bar on a terminal; elsewhere (CI logs), and with `warmer -v`, plain
+    lines (`restoring: 120/300 files, 4.2M/9.0M, 12s`) every 10 s (1 s with `-v`) and one
+    when the operation ends."""
+    verbose = is_verbose()
+    if verbose or not console.is_terminal:
+        printer = ProgressPrinter(
+            label=description, every=VERBOSE_EVERY if verbose else PLAIN_EVERY
+        )
+        yield printer
+        printer.finish()
         return
     columns = (
         TextColumn("{task.description}"),
@@ -141,3 +192,10 @@ def progress_bar(description: str) -> Iterator[ProgressPrinter]:
             bar.update(task, completed=data["bytes"], total=total, files=data["files"])
 
         yield ProgressPrinter(bar=update)
+
+
+def is_verbose() -> bool:
+    """Whether the `warmer` group was given `-v` (False outside a command)."""
+    context = click.get_current_context(silent=True)
+    app = context.find_object(App) if context is not None else None
+    return app is not None and app.verbose

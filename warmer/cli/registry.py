@@ -8,8 +8,8 @@ from typing import Any, TypeVar
 
 import click
 
-from warmer.cli.options import current_settings, json_option, store_option
-from warmer.cli.output import ProgressPrinter, console, emit_json
+from warmer.cli.options import complete_ref, current_settings, json_option, store_option
+from warmer.cli.output import console, emit_json, progress_bar
 from warmer.units import format_size
 
 F = TypeVar("F", bound=Callable[..., object])
@@ -26,7 +26,7 @@ def insecure_option(function: F) -> F:
 
 
 @click.command()
-@click.argument("source")
+@click.argument("source", shell_complete=complete_ref)
 @click.argument("target", required=False)
 @click.option("--as-image", is_flag=True, help="Push the runnable-image form (COPY --from=…).")
 @click.option(
@@ -73,19 +73,21 @@ def push(
         if is_bundle(source):
             info = import_bundle(opened, Path(source))
         else:
-            info = in_store(
-                opened, source, insecure=insecure, progress=ProgressPrinter(), note=console.print
-            )[0]
+            with progress_bar("pulling") as printer:
+                info = in_store(
+                    opened, source, insecure=insecure, progress=printer, note=console.print
+                )[0]
         reference = explicit or tier_reference(str(registry), info.name, info.env_tag)
-        report = push_bundle(
-            opened,
-            info.ref,
-            reference,
-            form="image" if as_image else "artifact",
-            insecure=allow_insecure(insecure),
-            base=base,
-            progress=None if as_json else ProgressPrinter(),
-        )
+        with progress_bar("pushing") as printer:
+            report = push_bundle(
+                opened,
+                info.ref,
+                reference,
+                form="image" if as_image else "artifact",
+                insecure=allow_insecure(insecure),
+                base=base,
+                progress=printer,
+            )
     if as_json:
         emit_json(report.to_dict())
         return
@@ -108,10 +110,8 @@ def pull(source: str, auto: bool, insecure: bool | None, store: Path | None, as_
     from warmer.sources import pull as pull_source
     from warmer.store import Store
 
-    with Store(store) as opened:
-        report = pull_source(
-            opened, source, auto=auto, insecure=insecure, progress=ProgressPrinter()
-        )
+    with Store(store) as opened, progress_bar("pulling") as printer:
+        report = pull_source(opened, source, auto=auto, insecure=insecure, progress=printer)
     if as_json:
         emit_json(report.to_dict())
         return
@@ -126,7 +126,7 @@ def _pin_command(pinned: bool) -> click.Command:
     verb = "pin" if pinned else "unpin"
 
     @click.command(verb)
-    @click.argument("ref")
+    @click.argument("ref", shell_complete=complete_ref)
     @store_option
     @json_option
     def command(ref: str, store: Path | None, as_json: bool) -> None:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from warmer.cli.options import current_settings, json_option, store_option
+from warmer.cli.options import complete_ref, current_settings, json_option, store_option
 from warmer.cli.output import ago, console, emit_json, table
 from warmer.errors import BundleError, StoreError, UsageError, printable
 from warmer.units import format_duration, format_size, parse_duration, parse_size
@@ -136,18 +136,18 @@ def _describe_verify(verify: dict[str, object] | None) -> str:
 
 
 @click.command("show")
-@click.argument("ref")
+@click.argument("ref", shell_complete=complete_ref)
 @click.option("--files", "list_files", is_flag=True, help="List every file.")
 @store_option
 @json_option
 def show(ref: str, list_files: bool, store: Path | None, as_json: bool) -> None:
     """Describe the snapshot REF (a ref, a name, or an id prefix)."""
-    from warmer.cli.output import ProgressPrinter
+    from warmer.cli.output import progress_bar
     from warmer.sources import local_or_tier
 
-    with _open_store(store) as opened:
+    with _open_store(store) as opened, progress_bar("pulling") as printer:
         info, manifest = local_or_tier(
-            opened, ref, touch=False, progress=ProgressPrinter(), note=console.print
+            opened, ref, touch=False, progress=printer, note=console.print
         )
     kinds = _kind_totals(manifest)
     job_name = manifest.job.get("name") if manifest.job else None

@@ -59,8 +59,17 @@ class LocalSession:
         )
         # Inductor is not redirected: the fresh TMPDIR below moves its default root, which
         # also holds what it writes at the default place whatever its variable says.
+        # Triton is moved through TRITON_HOME unless TRITON_CACHE_DIR is set here (or the job
+        # names TRITON_HOME): with TRITON_CACHE_DIR unset, as in a container or a deployment,
+        # Inductor keeps its kernels under its own root (`<inductor>/triton/<device>`); set, it
+        # would send them to Triton's root, where a deployment does not look for them.
+        triton = (
+            "TRITON_CACHE_DIR"
+            if self.environ.get("TRITON_CACHE_DIR") or "TRITON_HOME" in spec.env
+            else "TRITON_HOME"
+        )
         isolated = {
-            "TRITON_CACHE_DIR": workdir / "triton",
+            triton: workdir / "triton",
             "VLLM_CACHE_ROOT": workdir / "vllm",
             "CUDA_CACHE_PATH": workdir / "cuda-jit",
             "TORCH_EXTENSIONS_DIR": workdir / "torch-extensions",
@@ -68,6 +77,7 @@ class LocalSession:
         by_kind = {root.kind: root.path for root in default_roots(deployed)}
         kinds = {
             "TRITON_CACHE_DIR": "triton",
+            "TRITON_HOME": "triton",
             "VLLM_CACHE_ROOT": "vllm",
             "CUDA_CACHE_PATH": "cuda-jit",
             "TORCH_EXTENSIONS_DIR": "torch-extensions",
@@ -83,7 +93,8 @@ class LocalSession:
             if name in spec.env:
                 continue
             self.environ[name] = str(path)
-            self.path_mapping[str(path)] = by_kind[kinds[name]]
+            cache = path / ".triton" / "cache" if name == "TRITON_HOME" else path
+            self.path_mapping[str(cache)] = by_kind[kinds[name]]
         tmp = workdir / "tmp"
         tmp.mkdir()
         self.environ["TMPDIR"] = str(tmp)

@@ -36,7 +36,7 @@ from warmer.store.gc import (
     verify,
     verify_snapshot,
 )
-from warmer.store.index import Index, SnapshotInfo
+from warmer.store.index import Index, SnapshotInfo, peek_refs
 from warmer.store.locks import StoreLock
 from warmer.store.manifest import FileEntry, Manifest
 
@@ -89,6 +89,14 @@ class Store:
         traceback: TracebackType | None,
     ) -> None:
         self.close()
+
+    def peek_refs(self) -> list[str]:
+        """Every ref, read without creating, locking or migrating anything (shell completion)."""
+        return peek_refs(self.root / "index.sqlite")
+
+    def busy(self) -> bool:
+        """Whether a gc or prune holds the store alone now (`warmer doctor` asks, never waits)."""
+        return self._lock.busy()
 
     def close(self) -> None:
         """Drop what was put and never committed, release the index and the lock.

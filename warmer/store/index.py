@@ -65,6 +65,21 @@ _COLUMNS = "ref, snapshot, name, env_tag, content_id, files, size, created, last
 _AFTER_HEX = "g"
 
 
+def peek_refs(path: Path) -> list[str]:
+    """Every ref of the index at `path`, read only: nothing created, locked or migrated (shell
+    completion reads it at each Tab); [] when there is no index or it cannot be read."""
+    if not path.is_file():
+        return []
+    try:
+        db = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=1)
+        try:
+            return [row[0] for row in db.execute("SELECT ref FROM refs ORDER BY ref")]
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return []
+
+
 @dataclass(frozen=True)
 class SnapshotInfo:
     """One ref and what it points at: a row of `warmer ls`; with `replaced` set, a snapshot

@@ -61,6 +61,17 @@ class StoreLock:
         finally:
             fcntl.flock(fd, fcntl.LOCK_SH if self._shared else fcntl.LOCK_UN)
 
+    def busy(self) -> bool:
+        """Whether another process holds the store alone now (a gc or prune), without waiting."""
+        if not self.path.exists():
+            return False
+        with open(self.path, "rb") as probe:
+            try:
+                fcntl.flock(probe.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+        return False
+
     def close(self) -> None:
         """Release the lock (closing the file drops it)."""
         if self._file is not None:
