@@ -369,7 +369,9 @@ def test_a_damaged_store_object_is_never_pushed(tmp_path: Path, repo: str) -> No
     victim.write_bytes(victim.read_bytes()[:-1] + b"?")
     refused = warmer("push", ref, f"{repo}:t", "--store", root)
     assert refused.exit_code == 1 and f"store object {entry.digest} (/c/b)" in refused.output
-    assert warmer("pull", f"{repo}:t", "--store", tmp_path / "other").exit_code == 5  # no tag: nothing to restore
+    assert (
+        warmer("pull", f"{repo}:t", "--store", tmp_path / "other").exit_code == 5
+    )  # no tag: nothing to restore
 
 
 @needs_registry
