@@ -41,6 +41,8 @@ _TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
 _DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 _TIMEOUT_S = 60
 _CHUNK = 1 << 20
+#: A referrers index (a list of descriptors) larger than this is not one warmer reads.
+_REFERRERS_LIMIT = 4 << 20
 #: Answers worth asking again: rate limiting and trouble on the registry's side.
 _RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 _RETRY_ATTEMPTS = 5
@@ -380,6 +382,34 @@ class Registry:
             return digest, json.loads(body)
         except ValueError as exc:
             raise RegistryError(f"{self.reference}: manifest {tag_or_digest} is not JSON") from exc
+
+    def referrers(self, digest: str, artifact_type: str) -> list[str] | None:
+        """The digests of manifests of `artifact_type` whose `subject` is `digest` (the OCI 1.1
+        referrers API); None when the registry has no such API (it answers 404)."""
+        response = self._request(
+            "GET",
+            f"/v2/{self.repository}/referrers/{digest}",
+            ok=(200, 404),
+            params={"artifactType": artifact_type},
+            headers={"Accept": OCI_INDEX},
+        )
+        if response.status_code == 404:
+            return None
+        body = response.content
+        if len(body) > _REFERRERS_LIMIT:
+            raise RegistryError(f"{self.reference}: the referrers of {digest}: answer too large")
+        try:
+            manifests = json.loads(body).get("manifests") or []
+            return [
+                str(item["digest"])
+                for item in manifests
+                if item.get("artifactType") == artifact_type
+                and _DIGEST_RE.match(str(item.get("digest")))
+            ]
+        except (ValueError, AttributeError, TypeError, KeyError, RecursionError):
+            raise RegistryError(
+                f"{self.reference}: the referrers of {digest}: not an index"
+            ) from None
 
     def tags(self) -> list[str]:
         """Every tag of the repository (following pagination)."""

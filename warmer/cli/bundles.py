@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from warmer.cli.keys import sign_option, signer_of, trust_of, trust_option
 from warmer.cli.options import current_settings, json_option, store_option
 from warmer.cli.output import ProgressPrinter, console, emit_json, progress_bar
 from warmer.cli.registry import insecure_option
@@ -34,27 +35,43 @@ FORMAT_CHOICE = click.Choice(["zst", "gz"])
     default=None,
     help="Bundle compression [default: $WARMER_BUNDLE_FORMAT, bundle.format, else zst].",
 )
+@sign_option
 @store_option
 @json_option
 def save(
-    name: str, kinds: str | None, out: Path, fmt: str | None, store: Path | None, as_json: bool
+    name: str,
+    kinds: str | None,
+    out: Path,
+    fmt: str | None,
+    sign_key: Path | None,
+    store: Path | None,
+    as_json: bool,
 ) -> None:
     """Snapshot this machine's compile caches into the store and export a bundle."""
+    import time
+
+    from warmer.provenance import Made, host_name, record, write_sidecar
     from warmer.saving import save as save_caches
     from warmer.store import Store
 
+    signer = signer_of(sign_key)  # a wrong passphrase stops before any work
     kind_list = [k.strip() for k in kinds.split(",") if k.strip()] if kinds else None
-    with progress_bar("saving") as update:
-        result = save_caches(
-            name=name,
-            kinds=kind_list,
-            out=out,
-            store=Store(store),
-            fmt=fmt or current_settings().bundle_format,  # type: ignore[arg-type]
-            progress=update,
-        )
+    started = time.time()
+    with Store(store) as opened:
+        with progress_bar("saving") as update:
+            result = save_caches(
+                name=name,
+                kinds=kind_list,
+                out=out,
+                store=opened,
+                fmt=fmt or current_settings().bundle_format,  # type: ignore[arg-type]
+                progress=update,
+            )
+        made = Made("save", runtime="host", host=host_name(), started=started, finished=time.time())
+        envelope = record(opened, result.manifest, made, signer)
+    signature = write_sidecar(result.bundle, envelope) if result.bundle else None
     if as_json:
-        emit_json(result.to_dict())
+        emit_json({**result.to_dict(), "signature": str(signature) if signature else None})
         return
     for kind, totals in sorted(result.harvest.kinds().items()):
         console.print(f"  {kind:<18} {totals['files']:>7} files {format_size(totals['bytes']):>9}")
@@ -62,6 +79,8 @@ def save(
         f"saved {result.snapshot.ref}: {len(result.manifest.files)} files, "
         f"{format_size(result.manifest.total_size)} -> {result.bundle}"
     )
+    if signature:
+        console.print(f"signed by {', '.join(k[:16] for k in envelope.signatures)} -> {signature}")
 
 
 @click.command()
@@ -81,34 +100,61 @@ def save(
     default=None,
     help="Default: from -o's suffix, else $WARMER_BUNDLE_FORMAT, bundle.format, else zst.",
 )
+@sign_option
 @store_option
 @json_option
-def export(ref: str, output: Path, fmt: str | None, store: Path | None, as_json: bool) -> None:
-    """Export the snapshot REF from the store as a bundle."""
-    from warmer.bundle import export_bundle
+def export(
+    ref: str,
+    output: Path,
+    fmt: str | None,
+    sign_key: Path | None,
+    store: Path | None,
+    as_json: bool,
+) -> None:
+    """Export the snapshot REF from the store as a bundle (with its signature beside it,
+    BUNDLE.intoto.jsonl, when the store keeps a signed one or --sign signs it)."""
+    from warmer.bundle import write_bundle
+    from warmer.provenance import kept, sign_kept, write_sidecar
     from warmer.store import Store
 
+    signer = signer_of(sign_key)
     if fmt is None:
         suffix = "gz" if output.name.endswith((".gz", ".tgz")) else None
         suffix = suffix or ("zst" if output.name.endswith(".zst") else None)
         fmt = suffix or current_settings().bundle_format
-    path = export_bundle(Store(store), ref, output, fmt)  # type: ignore[arg-type]
+    with Store(store) as opened:
+        _info, manifest = opened.resolve(ref)
+        envelope = sign_kept(opened, manifest, signer) if signer else kept(opened, manifest)
+        path = write_bundle(manifest, opened.open_object, output, fmt)  # type: ignore[arg-type]
+    signature = write_sidecar(path, envelope)
     if as_json:
-        emit_json({"bundle": str(path), "bytes": path.stat().st_size})
+        emit_json(
+            {
+                "bundle": str(path),
+                "bytes": path.stat().st_size,
+                "signature": str(signature) if signature else None,
+            }
+        )
     else:
         console.print(f"exported {ref} -> {path} ({format_size(path.stat().st_size)})")
+        if signature:
+            console.print(f"signature -> {signature}")
 
 
 @click.command(name="import")
 @click.argument("bundle", type=click.Path(dir_okay=False, path_type=Path))
+@trust_option
 @store_option
 @json_option
-def import_(bundle: Path, store: Path | None, as_json: bool) -> None:
-    """Add a bundle to the store (every file's hash checked)."""
-    from warmer.bundle import import_bundle
+def import_(bundle: Path, trust_keys: tuple[Path, ...], store: Path | None, as_json: bool) -> None:
+    """Add a bundle to the store (every file's hash checked), with the signature beside it
+    (BUNDLE.intoto.jsonl); --trust refuses it unless a trusted key signed it."""
+    from warmer.provenance import import_signed
     from warmer.store import Store
 
-    info = import_bundle(Store(store), bundle)
+    trust = trust_of(trust_keys)
+    with Store(store) as opened:
+        info = import_signed(opened, bundle, trust)
     if as_json:
         emit_json(
             {"ref": info.ref, "snapshot": info.snapshot, "files": info.files, "bytes": info.size}
@@ -138,6 +184,7 @@ def import_(bundle: Path, store: Path | None, as_json: bool) -> None:
 @click.option(
     "--auto", is_flag=True, help="With REGISTRY/REPO: pick the tag that matches this machine."
 )
+@trust_option
 @insecure_option
 @store_option
 @json_option
@@ -148,6 +195,7 @@ def restore(
     dry_run: bool,
     force: bool,
     auto: bool,
+    trust_keys: tuple[Path, ...],
     insecure: bool | None,
     store: Path | None,
     as_json: bool,
@@ -156,7 +204,8 @@ def restore(
 
     SOURCE is a bundle file, a registry reference REGISTRY/REPO[:TAG] (pulled into the store
     first; --auto picks the tag), or a store ref (pulled from the configured registry when
-    it is not in the store).
+    it is not in the store). With --trust, a signature by a trusted key is checked before
+    anything is written (docs/trust.md).
     """
     from warmer.errors import UsageError
     from warmer.restoring import restore as restore_bundle
@@ -169,7 +218,8 @@ def restore(
         if not sep or not old.startswith("/") or not new.startswith("/"):
             raise UsageError(f"--map {item!r}: expected /OLD/PREFIX=/NEW/PREFIX")
         mapping[old] = new
-    options = {"root": root, "force": force, "dry_run": dry_run, "mapping": mapping}
+    trust = trust_of(trust_keys)
+    options = {"root": root, "force": force, "dry_run": dry_run, "mapping": mapping, "trust": trust}
     if is_bundle(source):
         if auto:
             raise UsageError("--auto picks a tag of a registry repository, not a bundle file")
@@ -184,6 +234,7 @@ def restore(
                 insecure=insecure,
                 progress=ProgressPrinter(),
                 note=console.print,
+                trust=trust,
             )[0]
             with progress_bar("restoring") as update:
                 report = restore_bundle(info.ref, store=opened, progress=update, **options)  # type: ignore[arg-type]
