@@ -339,15 +339,14 @@ def test_a_hostile_signature_referrer_is_refused(tmp_path: Path, keys: dict[str,
         warmer("push", bundle, repo + ":t", "--store", tmp_path / "p", "--json").stdout
     )
     registry = Registry(Reference.parse(repo))
-    manifest = read_manifest(bundle)
-    other = load_signer(keys["ci"], lambda: None)
+    trusted = load_signer(keys["ci"], lambda: None)
     foreign = read_manifest(save(tmp_path, "elsewhere", b"e" * 64))
     hostile: list[tuple[bytes, str]] = [
         (b"\xff not json", "not JSON"),
         (b'{"payload": 3, "payloadType": "x", "signatures": []}', "payload"),
         (b'{"payload": "!!!", "payloadType": "x", "signatures": []}', "payload"),
-        (envelope_bytes(sign(b"[]", other)), "statement"),
-        (envelope_bytes(sign(payload(statement(foreign, _made())), other)), "another bundle"),
+        (envelope_bytes(sign(b"[]", trusted)), "statement"),
+        (envelope_bytes(sign(payload(statement(foreign, _made())), trusted)), "another bundle"),
     ]
     for data, why in hostile:
         push_attestation(
@@ -357,7 +356,6 @@ def test_a_hostile_signature_referrer_is_refused(tmp_path: Path, keys: dict[str,
             clean = tmp_path / f"c{uuid.uuid4().hex[:6]}"
             refused(warmer("pull", f"{repo}:t", "--store", clean, *trust), why)
             assert state(tmp_path / "none", clean) == ([], [])
-    assert manifest.name == "hostile"
 
 
 def _made() -> Any:
