@@ -113,7 +113,7 @@ def export(
 ) -> None:
     """Export the snapshot REF from the store as a bundle (with its signature beside it,
     BUNDLE.intoto.jsonl, when the store keeps a signed one or --sign signs it)."""
-    from warmer.bundle import write_bundle
+    from warmer.bundle import export_bundle
     from warmer.provenance import kept, sign_kept, write_sidecar
     from warmer.store import Store
 
@@ -123,9 +123,9 @@ def export(
         suffix = suffix or ("zst" if output.name.endswith(".zst") else None)
         fmt = suffix or current_settings().bundle_format
     with Store(store) as opened:
-        _info, manifest = opened.resolve(ref)
+        path = export_bundle(opened, ref, output, fmt)  # type: ignore[arg-type]
+        _info, manifest = opened.resolve(ref, touch=False)
         envelope = sign_kept(opened, manifest, signer) if signer else kept(opened, manifest)
-        path = write_bundle(manifest, opened.open_object, output, fmt)  # type: ignore[arg-type]
     signature = write_sidecar(path, envelope)
     if as_json:
         emit_json(
