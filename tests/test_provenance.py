@@ -329,6 +329,43 @@ def test_a_signed_push_restores_under_trust_on_a_clean_store(
 
 
 @needs_registry
+def test_a_signed_run_pushed_restores_under_trust_on_a_clean_store(
+    tmp_path: Path, keys: dict[str, Path]
+) -> None:
+    prefix = f"{REGISTRY}/sign/{uuid.uuid4().hex[:10]}"
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "name": "pushed-run",
+                "backend": "cpu",
+                "engine": {"kind": "command", "command": ["bash", "-c", COMMAND]},
+                "timeout": "2m",
+            }
+        )
+    )
+    done = warmer_process(
+        "run", str(job), "--runtime", "local", "--sign", str(keys["ci"]), "--push",
+        "--registry", prefix, "--out", str(tmp_path / "dist"), "--json", tmp_path=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    pushed = json.loads(done.stdout)["jobs"][0]["push"]
+    assert pushed["attestation"].endswith(".att")
+    root, clean = tmp_path / "root", tmp_path / "clean"
+    restored = warmer(
+        "restore", pushed["reference"], "--root", root, "--store", clean,
+        "--trust", f"{keys['ci']}.pub", "--json",
+    )  # fmt: skip
+    assert restored.exit_code == 0, restored.output
+    assert [p.read_bytes() for p in root.rglob("k.cubin")] == [b"kernel\n"]
+    shown = json.loads(warmer("show", "pushed-run", "--store", clean, "--json").stdout)
+    build = shown["provenance"]["statement"]["predicate"]["buildDefinition"]
+    assert build["buildType"] == "urn:warmer:run:v1"
+    assert build["externalParameters"]["job"]["name"] == "pushed-run"
+
+
+@needs_registry
 def test_a_hostile_signature_referrer_is_refused(tmp_path: Path, keys: dict[str, Path]) -> None:
     from warmer.oci import Reference, Registry
     from warmer.registry import push_attestation
