@@ -45,6 +45,8 @@ ORDER = (
     "store",
     "harvest",
     "bundle",
+    "signing",
+    "provenance",
     "oci",
     "registry",
     "sources",

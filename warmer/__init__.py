@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 __version__ = "0.1.0"
@@ -20,15 +21,24 @@ if TYPE_CHECKING:
 __all__ = ["__version__", "load", "restore", "save"]
 
 
-def restore(path: str, *, root: str = "/", force: bool = False) -> RestoreReport:
+def restore(
+    path: str,
+    *,
+    root: str = "/",
+    force: bool = False,
+    trust: Sequence[str | Path] | None = None,
+) -> RestoreReport:
     """Install a bundle's caches into this machine's cache roots (see `warmer.restoring`).
 
     `path` is a bundle file, or a store ref or registry reference (`warmer.sources`): a ref
-    the local store lacks is pulled from the configured cold tier.
+    the local store lacks is pulled from the configured cold tier. `trust` (public key files;
+    default: the `trust.keys` setting when `trust.require` is set) refuses, before anything
+    is written, what no trusted key signed (TrustError, see `warmer.provenance`).
     """
+    from warmer.provenance import Trust
     from warmer.restoring import restore as _restore
 
-    return _restore(path, root=root, force=force)
+    return _restore(path, root=root, force=force, trust=Trust.of(trust))
 
 
 def load(

@@ -479,9 +479,12 @@ def export_bundle(
     return write_bundle(manifest, store.open_object, destination, fmt, directory=directory)
 
 
-def import_bundle(store: Store, path: Path) -> SnapshotInfo:
-    """Add a bundle's files and snapshot to `store`, verifying every byte on the way."""
+def import_bundle(store: Store, path: Path, expect: str | None = None) -> SnapshotInfo:
+    """Add a bundle's files and snapshot to `store`, verifying every byte on the way;
+    `expect`: the snapshot id it must have (one checked before, such as a signed one)."""
     with open_bundle(path) as bundle:
+        if expect is not None and bundle.manifest.digest != expect:
+            raise BundleError(f"{path}: its manifest changed while it was read")
         for entry, reader in bundle.files():
             digest, _size = store.put_stream(reader, entry.size, repair=True)  # type: ignore[arg-type]
             reader.finish()

@@ -96,6 +96,14 @@ class Settings(BaseModel):
     podman_socket: str | None = _setting(None, "WARMER_PODMAN_SOCKET")
     #: the default of `warmer run --hosts`
     run_hosts: str | None = _setting(None, "WARMER_HOSTS")
+    #: the private key that `run`, `save`, `export` and `push` sign with (their --sign)
+    signing_key: Path | None = _setting(None, "WARMER_SIGNING_KEY", "signing.key")
+    #: its passphrase when it is encrypted (else a prompt); never in the file or in arguments
+    signing_passphrase: SecretStr | None = _setting(None, "WARMER_SIGNING_PASSPHRASE")
+    #: public keys whose signatures `restore`, `pull`, `import` accept (their --trust)
+    trust_keys: tuple[Path, ...] = _setting((), "WARMER_TRUST_KEYS", "trust.keys")
+    #: refuse what no trusted key signed, even without --trust
+    trust_require: bool = _setting(False, "WARMER_TRUST_REQUIRE", "trust.require")
     #: Docker engines for `warmer run --hosts` (file only)
     hosts: tuple[HostConfig, ...] = Field(default=(), json_schema_extra={"file": "hosts"})
 
@@ -129,6 +137,19 @@ class Settings(BaseModel):
         if not isinstance(value, str | int | float):
             raise ValueError(f"not a duration: {value!r} (use e.g. 90s, 30m, 2h)")
         return parse_duration(value)
+
+    @field_validator("trust_keys", mode="before")
+    @classmethod
+    def _key_list(cls, value: object) -> object:
+        """`a.pub,b.pub` in the environment, a list (or one path) in the file."""
+        return tuple(part for part in value.split(",") if part) if isinstance(value, str) else value
+
+    @field_validator("signing_key", "trust_keys")
+    @classmethod
+    def _expand_keys(cls, value: Path | tuple[Path, ...] | None) -> object:
+        if isinstance(value, tuple):
+            return tuple(path.expanduser() for path in value)
+        return value.expanduser() if value is not None else None
 
     @field_validator("hosts")
     @classmethod

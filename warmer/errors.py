@@ -38,6 +38,12 @@ class BundleError(UsageError):
     """A bundle that is corrupt, hostile or not a warmer bundle."""
 
 
+class TrustError(UsageError):
+    """A signature requirement not met (exit 2): unsigned, signed by an untrusted key, a
+    statement about another bundle, a bundle altered after signing, or an envelope that does
+    not parse. Nothing has been written when it is raised."""
+
+
 class StoreError(WarmerError):
     """The store is damaged or cannot be used."""
 

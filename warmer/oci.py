@@ -78,6 +78,8 @@ MAX_ERROR_BYTES = 64 << 10
 #: Tag list pages followed (`Link`), 1000 tags asked for on each.
 MAX_TAG_PAGES = 100
 _TAGS_PER_PAGE = 1000
+#: A referrers index (a list of descriptors) larger than this is not one warmer reads.
+_REFERRERS_LIMIT = 4 << 20
 #: Answers worth asking again: rate limiting and trouble on the registry's side.
 _RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 _RETRY_ATTEMPTS = 5
@@ -215,6 +217,21 @@ class _MediaType(BaseModel):
 
     model_config = ConfigDict(strict=True, extra="ignore")
     mediaType: str | None = None
+
+
+class _Referrer(BaseModel):
+    """One descriptor of a referrers index: what warmer reads of it."""
+
+    model_config = _SPEC
+    digest: Sha256
+    artifactType: str | None = None
+
+
+class _Referrers(BaseModel):
+    """The OCI 1.1 referrers API's answer: an index of the manifests that refer to one."""
+
+    model_config = _SPEC
+    manifests: list[_Referrer] = Field(default_factory=list)
 
 
 class TagList(BaseModel):
@@ -595,6 +612,23 @@ class Registry:
                 f"({OCI_MANIFEST})"
             )
         return digest, parse_reply(ImageManifest, body, what)
+
+    def referrers(self, digest: str, artifact_type: str) -> list[str] | None:
+        """The digests of manifests of `artifact_type` whose `subject` is `digest` (the OCI 1.1
+        referrers API); None when the registry has no such API (it answers 404)."""
+        response = self._request(
+            "GET",
+            f"/v2/{self.repository}/referrers/{digest}",
+            ok=(200, 404),
+            params={"artifactType": artifact_type},
+            headers={"Accept": OCI_INDEX},
+        )
+        if response.status_code == 404:
+            response.close()
+            return None
+        what = f"{self.reference}: the referrers of {digest}"
+        index = parse_reply(_Referrers, self.body(response, _REFERRERS_LIMIT, what), what)
+        return [item.digest for item in index.manifests if item.artifactType == artifact_type]
 
     def tags(self) -> list[str]:
         """Every tag of the repository: at most MAX_TAG_PAGES pages, following `Link` to the

@@ -30,7 +30,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import IO, Annotated, Any, BinaryIO, Literal, cast
+from typing import IO, TYPE_CHECKING, Annotated, Any, BinaryIO, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
@@ -53,6 +53,7 @@ from warmer.errors import (
     RegistryBadReply,
     RegistryError,
     RegistryRefused,
+    TrustError,
     UsageError,
     printable,
 )
@@ -66,6 +67,8 @@ from warmer.oci import (
     sanitize_tag,
 )
 from warmer.progress import Progress, silent
+from warmer.provenance import PREDICATE_TYPE, Trust, attached, keep, kept
+from warmer.signing import MAX_ENVELOPE_BYTES, checked, envelope_bytes
 from warmer.store import SnapshotInfo, Store
 from warmer.store.digests import VerifiedStream, mismatch
 from warmer.store.manifest import (
@@ -76,6 +79,9 @@ from warmer.store.manifest import (
     bound_files,
 )
 from warmer.units import format_size
+
+if TYPE_CHECKING:
+    from securesystemslib.dsse import Envelope
 
 Form = Literal["artifact", "image"]
 ARTIFACT_TYPE = "application/vnd.warmer.bundle.v1"
@@ -103,6 +109,14 @@ _BASE_CANDIDATES = 10
 _WORKERS = 4
 #: Tags a "no such tag" error lists.
 _TAGS_SHOWN = 10
+#: A signature travels as an OCI artifact whose one layer is a DSSE envelope, referring to
+#: the pushed manifest (OCI 1.1 `subject`) and tagged `sha256-<hex>.att` for registries
+#: without the referrers API (cosign's tag schema).
+DSSE_TYPE = "application/vnd.dsse.envelope.v1+json"
+EMPTY_CONFIG_TYPE = "application/vnd.oci.empty.v1+json"
+_EMPTY_CONFIG = b"{}"
+#: Signature referrers looked at per pull.
+_REFERRERS_READ = 4
 
 
 @dataclass
@@ -177,6 +191,8 @@ class PushReport:
     base: str | None
     #: the tag of this snapshot alone (`snapshot_tag`), which a later push never moves
     snapshot_tag: str
+    #: the signature referrer pushed with it (`REPO:sha256-<hex>.att`), None when unsigned
+    attestation: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -193,6 +209,8 @@ class PullReport:
     layers_fetched: int
     bytes_received: int
     passed_over: list[dict[str, Any]] = field(default_factory=list)
+    #: key ids that signed its statement (verified only when a signature was required)
+    signed_by: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -297,7 +315,7 @@ def select_tag(registry: Registry, here: EnvKey | None = None) -> tuple[str, lis
     Among matching tags the one with the fewest warnings wins, then the newest push.
     """
     here = here or EnvKey.probe()
-    tags = registry.tags()
+    tags = _bundle_tags(registry)
     if not tags:
         raise NothingToRestore(str(_no_such_tag(registry, None, [])))
 
@@ -417,9 +435,14 @@ def push(
     if form == "artifact":
         document["artifactType"] = ARTIFACT_TYPE
     body = json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
-    kept = snapshot_tag(manifest)
-    registry.put_manifest(kept, body)  # first, so what the moved tag held before stays tagged
+    own_tag = snapshot_tag(manifest)
+    registry.put_manifest(own_tag, body)  # first, so what the moved tag held before stays tagged
     digest = registry.put_manifest(tag, body)
+    envelope = kept(store, manifest)
+    attestation = None
+    if envelope is not None and envelope.signatures:
+        attestation = push_attestation(registry, digest, len(body), envelope_bytes(envelope))
+        say("tag", {"detail": f"signature -> {attestation}"})
     return PushReport(
         reference=str(reference),
         digest=digest,
@@ -431,7 +454,8 @@ def push(
         layers_uploaded=uploaded,
         bytes_sent=registry.bytes_sent,
         base=str(base_published.reference) if base_published else None,
-        snapshot_tag=kept,
+        snapshot_tag=own_tag,
+        attestation=attestation,
     )
 
 
@@ -476,7 +500,7 @@ def _find_base(
         return None
     candidates = [base] if base else [tag]
     if not base:
-        others = [t for t in registry.tags() if t != tag]
+        others = [t for t in _bundle_tags(registry) if t != tag]
         candidates += others[-_BASE_CANDIDATES:]
     best: Published | None = None
     best_shared = 0
@@ -490,7 +514,7 @@ def _find_base(
             continue
         if published is None:
             if base:
-                raise _no_such_tag(registry, base, registry.tags(), "--base ")
+                raise _no_such_tag(registry, base, _bundle_tags(registry), "--base ")
             continue
         if published.form != form or (not base and published.manifest.name != manifest.name):
             continue
@@ -627,8 +651,13 @@ def pull(
     auto: bool = False,
     insecure: bool = False,
     progress: Progress | None = None,
+    trust: Trust | None = None,
 ) -> PullReport:
-    """Copy a published bundle into `store`, checking every blob's sha256 and file's blake3."""
+    """Copy a published bundle into `store`, checking every blob's sha256 and file's blake3.
+
+    Its signature referrer comes along and is kept with the snapshot; with `trust`, it must
+    verify before a layer is fetched (TrustError otherwise, and the store is left as it was).
+    """
     registry = Registry(source, insecure=insecure)
     say = progress or silent
     passed: list[dict[str, Any]] = []
@@ -646,9 +675,19 @@ def pull(
             raise UsageError(f"{source}: name a tag (REPO:TAG) or pass --auto to pick one")
     published = read_published(registry, wanted)
     if published is None:
-        raise NothingToRestore(str(_no_such_tag(registry, wanted, registry.tags())))
+        raise NothingToRestore(str(_no_such_tag(registry, wanted, _bundle_tags(registry))))
+    found = fetch_attestation(registry, published)
+    where = str(published.reference)
+    envelope: Envelope | None
+    if trust is not None:
+        looked = f"no signature refers to {published.digest}"
+        envelope = trust.check(found, published.manifest, where, looked).envelope
+    else:
+        envelope = attached(found, published.manifest, where) if found is not None else None
     fetched, received = _fetch(registry, published, store, say)
     info: SnapshotInfo = store.commit(published.manifest)
+    if envelope is not None:
+        keep(store, published.manifest, envelope)
     return PullReport(
         reference=str(source.with_tag(wanted)),
         digest=published.digest,
@@ -659,6 +698,7 @@ def pull(
         layers_fetched=fetched,
         bytes_received=received,
         passed_over=passed,
+        signed_by=sorted(envelope.signatures) if envelope is not None else [],
     )
 
 
@@ -758,12 +798,13 @@ def pull_ref(
     *,
     insecure: bool = False,
     progress: Progress | None = None,
+    trust: Trust | None = None,
 ) -> PullReport:
     """The cold tier: fetch the store ref `name@env-tag` (or a bare name, --auto) from the
     configured REGISTRY/PREFIX (see `tier_reference`)."""
     name, at, env_tag = ref.partition("@")
     source = tier_reference(registry, name, env_tag if at else None)
-    return pull(store, source, auto=not at, insecure=insecure, progress=progress)
+    return pull(store, source, auto=not at, insecure=insecure, progress=progress, trust=trust)
 
 
 def tier_reference(registry: str, name: str, env_tag: str | None) -> Reference:
@@ -771,3 +812,83 @@ def tier_reference(registry: str, name: str, env_tag: str | None) -> Reference:
     base = Reference.parse(registry)
     repository = f"{base.repository}/{sanitize_repository(name)}"
     return Reference(base.registry, repository, sanitize_tag(env_tag) if env_tag else None)
+
+
+# -- signatures --------------------------------------------------------------------------------
+
+
+def _bundle_tags(registry: Registry) -> list[str]:
+    """The repository's tags less its signatures' (`sha256-<hex>.att`)."""
+    return [tag for tag in registry.tags() if not tag.endswith(".att")]
+
+
+def attestation_tag(digest: str) -> str:
+    """The tag-schema fallback of a manifest's signature: `sha256-<hex>.att`."""
+    return digest.replace(":", "-") + ".att"
+
+
+def push_attestation(registry: Registry, digest: str, size: int, envelope: bytes) -> str:
+    """Push `envelope` as an artifact whose `subject` is the manifest `digest` (`size` bytes),
+    under the tag `sha256-<hex>.att`; returns its reference."""
+    config_digest = "sha256:" + hashlib.sha256(_EMPTY_CONFIG).hexdigest()
+    registry.upload_blob(_EMPTY_CONFIG, config_digest, len(_EMPTY_CONFIG))
+    layer_digest = "sha256:" + hashlib.sha256(envelope).hexdigest()
+    registry.upload_blob(envelope, layer_digest, len(envelope))
+    document = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "artifactType": DSSE_TYPE,
+        "config": {"mediaType": EMPTY_CONFIG_TYPE, "digest": config_digest, "size": 2},
+        "layers": [
+            {
+                "mediaType": DSSE_TYPE,
+                "digest": layer_digest,
+                "size": len(envelope),
+                "annotations": {"predicateType": PREDICATE_TYPE},
+            }
+        ],
+        "subject": {"mediaType": OCI_MANIFEST, "digest": digest, "size": size},
+    }
+    tag = attestation_tag(digest)
+    registry.put_manifest(tag, json.dumps(document, sort_keys=True, separators=(",", ":")).encode())
+    return str(registry.reference.with_tag(tag))
+
+
+class _Descriptor(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True, frozen=True)
+
+    mediaType: str = Field(max_length=256)
+    digest: str = Field(pattern=r"^sha256:[0-9a-f]{64}$")
+    size: int = Field(ge=0)
+
+
+class _Referrer(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True, frozen=True)
+
+    subject: _Descriptor
+    layers: list[_Descriptor] = Field(min_length=1, max_length=8)
+
+
+def fetch_attestation(registry: Registry, published: Published) -> bytes | None:
+    """The envelope of the signature that refers to `published` (the referrers API, else the
+    `sha256-<hex>.att` tag), None when there is none. What the registry returns is checked
+    (shape, subject, size) before a byte of the envelope is read."""
+    candidates = registry.referrers(published.digest, DSSE_TYPE) or []
+    candidates = [*candidates[:_REFERRERS_READ], attestation_tag(published.digest)]
+    for candidate in dict.fromkeys(candidates):
+        found = registry.get_manifest(candidate)
+        if found is None:
+            continue
+        where = f"{published.reference}: signature {candidate}"
+        referrer: _Referrer = checked(_Referrer, found[1], where)
+        if referrer.subject.digest != published.digest:
+            raise TrustError(f"{where}: refers to {referrer.subject.digest}, not this manifest")
+        layer = next((item for item in referrer.layers if item.mediaType == DSSE_TYPE), None)
+        if layer is None:
+            raise TrustError(f"{where}: holds no DSSE envelope layer")
+        if layer.size > MAX_ENVELOPE_BYTES:
+            raise TrustError(
+                f"{where}: an envelope of {layer.size:,} bytes, more than {MAX_ENVELOPE_BYTES:,}"
+            )
+        return registry.get_blob(layer.digest, layer.size, MAX_ENVELOPE_BYTES, f"{where}: envelope")
+    return None

@@ -30,13 +30,14 @@ from typing import TYPE_CHECKING
 from warmer.bundle import VerifiedReader, open_bundle
 from warmer.caches import is_triton_group, relocate, rewrite_group
 from warmer.envkey import EnvKey, compare
-from warmer.errors import BundleError, EnvMismatch, UsageError, WarmerError
+from warmer.errors import BundleError, EnvMismatch, TrustError, UsageError, WarmerError
 from warmer.progress import Progress
 from warmer.sources import in_store, is_bundle
 from warmer.store.cas import digest_file
 from warmer.store.manifest import FileEntry, Manifest
 
 if TYPE_CHECKING:
+    from warmer.provenance import Trust
     from warmer.store import Store
 
 #: Members up to this size are read whole and handed to the writer threads; larger ones
@@ -100,6 +101,7 @@ def restore(
     mapping: Mapping[str, str] | None = None,
     check_env: bool = True,
     progress: Progress | None = None,
+    trust: Trust | None = None,
 ) -> RestoreReport:
     """Install what `source` names under `root` (see the module docstring): a bundle file,
     or a snapshot of `store` (default: the configured store) that a store ref or a registry
@@ -107,39 +109,55 @@ def restore(
     (`warmer.sources`). A snapshot's objects are re-hashed on the way, so that a damaged
     store installs nothing.
 
+    With `trust`, a signature by a trusted key over this snapshot's statement is checked
+    first (`warmer.provenance.Trust`): the envelope beside a bundle file, or the one the store
+    keeps for a snapshot; the files are then checked against the signed manifest as they are
+    staged, so a bundle altered after signing installs nothing either.
+
     Raises EnvMismatch (exit 4) when the bundle was made for another environment and `force`
-    is false, BundleError (exit 2) for a corrupt or hostile bundle.
+    is false, BundleError (exit 2) for a corrupt or hostile bundle, TrustError (exit 2) when
+    `trust` is not met.
     """
-    with _opened(source, store) as (label, manifest, files):
-        return _install(
-            label,
-            manifest,
-            files,
-            root=root,
-            force=force,
-            dry_run=dry_run,
-            mapping=mapping,
-            check_env=check_env,
-            progress=progress,
-        )
+    with _opened(source, store, trust) as (label, manifest, files):
+        try:
+            return _install(
+                label,
+                manifest,
+                files,
+                root=root,
+                force=force,
+                dry_run=dry_run,
+                mapping=mapping,
+                check_env=check_env,
+                progress=progress,
+            )
+        except BundleError as exc:
+            if trust is None:
+                raise
+            raise TrustError(f"{label}: altered after signing: {exc}") from None
 
 
 @contextlib.contextmanager
 def _opened(
-    source: str | Path, store: Store | None
+    source: str | Path, store: Store | None, trust: Trust | None
 ) -> Iterator[tuple[str, Manifest, Iterator[tuple[FileEntry, VerifiedReader]]]]:
-    """(label, manifest, verified file stream) of a bundle file or a store snapshot."""
+    """(label, manifest, verified file stream) of a bundle file or a store snapshot, its
+    signature checked first under `trust`."""
     if store is None and is_bundle(source):
         with open_bundle(Path(source)) as bundle:
+            if trust is not None:
+                trust.bundle(Path(source), bundle.manifest)
             yield str(source), bundle.manifest, bundle.files()
         return
     if store is None:
         from warmer.store import Store
 
-        with Store() as opened, _opened(source, opened) as found:
+        with Store() as opened, _opened(source, opened, trust) as found:
             yield found
         return
-    _info, manifest = in_store(store, str(source), restoring=True)
+    _info, manifest = in_store(store, str(source), restoring=True, trust=trust)
+    if trust is not None:
+        trust.stored(store, manifest)
     label = f"{store.root}:{manifest.ref}"
 
     def files() -> Iterator[tuple[FileEntry, VerifiedReader]]:

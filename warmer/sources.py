@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 from warmer.progress import Progress
 
 if TYPE_CHECKING:
+    from warmer.provenance import Trust
     from warmer.registry import PullReport
     from warmer.store import SnapshotInfo, Store
     from warmer.store.manifest import Manifest
@@ -61,8 +62,10 @@ def pull(
     auto: bool = False,
     insecure: bool | None = None,
     progress: Progress | None = None,
+    trust: Trust | None = None,
 ) -> PullReport:
-    """Pull REGISTRY/REPO[:TAG] (or pick the tag with `auto`) into `store`."""
+    """Pull REGISTRY/REPO[:TAG] (or pick the tag with `auto`) into `store` (with `trust`:
+    only when a trusted key signed it, checked before a layer is fetched)."""
     from warmer.oci import Reference
     from warmer.registry import pull as pull_bundle
 
@@ -72,6 +75,7 @@ def pull(
         auto=auto,
         insecure=allow_insecure(insecure),
         progress=progress,
+        trust=trust,
     )
 
 
@@ -84,6 +88,7 @@ def local_or_tier(
     progress: Progress | None = None,
     note: Note | None = None,
     restoring: bool = False,
+    trust: Trust | None = None,
 ) -> tuple[SnapshotInfo, Manifest]:
     """`store.resolve(ref)`; a ref missing locally is pulled from the configured cold tier.
     `restoring`: a ref found nowhere is NothingToRestore (exit 5), not NotFound (exit 2)."""
@@ -102,7 +107,9 @@ def local_or_tier(
 
     if note:
         note(f"{ref} is not in the local store: pulling it from {registry}")
-    report = pull_ref(store, ref, registry, insecure=allow_insecure(insecure), progress=progress)
+    report = pull_ref(
+        store, ref, registry, insecure=allow_insecure(insecure), progress=progress, trust=trust
+    )
     return store.resolve(report.ref, touch=touch)
 
 
@@ -116,12 +123,14 @@ def in_store(
     progress: Progress | None = None,
     note: Note | None = None,
     restoring: bool = False,
+    trust: Trust | None = None,
 ) -> tuple[SnapshotInfo, Manifest]:
     """The snapshot that a registry reference or a store ref names (rules 2 and 3), brought
     into `store` when it is not there yet. `restoring`: see `local_or_tier` (a registry says
-    NothingToRestore itself for a tag it lacks)."""
+    NothingToRestore itself for a tag it lacks). A pull under `trust` checks the signature
+    first; a snapshot already in the store is the caller's to check."""
     if is_registry(source):
-        report = pull(store, source, auto=auto, insecure=insecure, progress=progress)
+        report = pull(store, source, auto=auto, insecure=insecure, progress=progress, trust=trust)
         return store.resolve(report.ref, touch=touch)
     return local_or_tier(
         store,
@@ -131,4 +140,5 @@ def in_store(
         progress=progress,
         note=note,
         restoring=restoring,
+        trust=trust,
     )

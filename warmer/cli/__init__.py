@@ -33,6 +33,7 @@ COMMANDS = {
     "unpin": "registry:unpin",
     "check": "check:check",
     "doctor": "doctor:doctor",
+    "key": "keys:key",
 }
 
 

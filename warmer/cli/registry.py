@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 
 import click
 
+from warmer.cli.keys import sign_option, signer_of, trust_of, trust_option
 from warmer.cli.options import complete_ref, current_settings, json_option, store_option
 from warmer.cli.output import console, emit_json, progress_bar
 from warmer.units import format_size
@@ -35,6 +36,7 @@ def insecure_option(function: F) -> F:
     help="Cut layers against this tag (`none`: no base) [default: the tag itself, else the "
     "closest push of the same job].",
 )
+@sign_option
 @insecure_option
 @store_option
 @json_option
@@ -43,6 +45,7 @@ def push(
     target: str | None,
     as_image: bool,
     base: str | None,
+    sign_key: Path | None,
     insecure: bool | None,
     store: Path | None,
     as_json: bool,
@@ -53,11 +56,12 @@ def push(
     The tag defaults to the env tag; the push is also tagged <env tag>-<snapshot id>, a tag
     that no later push moves, so an earlier push stays reachable. Without TARGET, the
     configured registry is used (REGISTRY/PREFIX/<job name>:<env tag>, see
-    configs/warmer.yaml).
+    configs/warmer.yaml). A signed provenance (kept in the store, beside a bundle file, or
+    made by --sign) goes along as a referrer of the pushed manifest (tag sha256-<hex>.att).
     """
-    from warmer.bundle import import_bundle
     from warmer.errors import UsageError
     from warmer.oci import Reference
+    from warmer.provenance import import_signed, sign_kept
     from warmer.registry import push as push_bundle
     from warmer.registry import tier_reference
     from warmer.sources import allow_insecure, in_store, is_bundle
@@ -69,15 +73,18 @@ def push(
         raise UsageError(
             "no TARGET given and no registry configured (WARMER_REGISTRY or registry.url)"
         )
+    signer = signer_of(sign_key)
     with Store(store) as opened:
         if is_bundle(source):
-            info = import_bundle(opened, Path(source))
+            info = import_signed(opened, Path(source), None)
         else:
             with progress_bar("pulling") as printer:
                 info = in_store(
                     opened, source, insecure=insecure, progress=printer, note=console.print
                 )[0]
         reference = explicit or tier_reference(str(registry), info.name, info.env_tag)
+        if signer is not None:
+            sign_kept(opened, opened.resolve(info.ref, touch=False)[1], signer)
         with progress_bar("pushing") as printer:
             report = push_bundle(
                 opened,
@@ -97,21 +104,36 @@ def push(
         f"{report.base or 'no base'}, {format_size(report.bytes_sent)} sent of "
         f"{format_size(report.bytes)}; also tagged {report.snapshot_tag} (never moved)"
     )
+    if report.attestation:
+        console.print(f"signature -> {report.attestation}")
 
 
 @click.command()
 @click.argument("source")
 @click.option("--auto", is_flag=True, help="Pick the tag whose env key matches this machine.")
+@trust_option
 @insecure_option
 @store_option
 @json_option
-def pull(source: str, auto: bool, insecure: bool | None, store: Path | None, as_json: bool) -> None:
-    """Pull SOURCE, REGISTRY/REPO[:TAG], into the local store (every digest checked)."""
+def pull(
+    source: str,
+    auto: bool,
+    trust_keys: tuple[Path, ...],
+    insecure: bool | None,
+    store: Path | None,
+    as_json: bool,
+) -> None:
+    """Pull SOURCE, REGISTRY/REPO[:TAG], into the local store (every digest checked), with
+    its signature; --trust refuses it, before a layer is fetched, unless a trusted key signed
+    it."""
     from warmer.sources import pull as pull_source
     from warmer.store import Store
 
+    trust = trust_of(trust_keys)
     with Store(store) as opened, progress_bar("pulling") as printer:
-        report = pull_source(opened, source, auto=auto, insecure=insecure, progress=printer)
+        report = pull_source(
+            opened, source, auto=auto, insecure=insecure, progress=printer, trust=trust
+        )
     if as_json:
         emit_json(report.to_dict())
         return
@@ -120,6 +142,9 @@ def pull(source: str, auto: bool, insecure: bool | None, store: Path | None, as_
         f"{format_size(report.bytes)} ({report.layers_fetched} layers, "
         f"{format_size(report.bytes_received)} received)"
     )
+    if report.signed_by:
+        verified = "verified" if trust is not None else "not verified: no --trust"
+        console.print(f"signed by {', '.join(k[:16] for k in report.signed_by)} ({verified})")
 
 
 def _pin_command(pinned: bool) -> click.Command:

@@ -9,12 +9,15 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from warmer.cli.keys import sign_option, signer_of
 from warmer.cli.options import current_settings, json_option, store_option
 from warmer.cli.output import ProgressPrinter, console, emit_json, start_line, table
-from warmer.errors import JobFailed, RegistryError
+from warmer.errors import JobFailed, RegistryError, WarmerError
 from warmer.units import format_duration, format_size
 
 if TYPE_CHECKING:
+    from securesystemslib.signer import CryptoSigner
+
     from warmer.bundle import Format
     from warmer.fanout import FanOut, HostOutcome, JobOutcome
     from warmer.runner import JobResult
@@ -69,6 +72,7 @@ if TYPE_CHECKING:
     default=None,
     help="Where --push pushes [default: $WARMER_REGISTRY or registry.url in the config].",
 )
+@sign_option
 @store_option
 @json_option
 def run(
@@ -82,10 +86,12 @@ def run(
     hosts: str | None,
     push: bool,
     registry: str | None,
+    sign_key: Path | None,
     store: Path | None,
     as_json: bool,
 ) -> None:
-    """Warm up each job of JOB_FILE, harvest its compile caches, export a bundle per job."""
+    """Warm up each job of JOB_FILE, harvest its compile caches, export a bundle per job,
+    with its provenance (signed with --sign, beside it as BUNDLE.intoto.jsonl)."""
     from warmer.errors import UsageError
     from warmer.fanout import FanOut
     from warmer.runtimes import available_runtime, get_runtime
@@ -117,14 +123,16 @@ def run(
             console.print("no container engine answers: running with the local runtime")
     require_images(jobs, runtime or "docker", job_file)
     pusher = _Pusher(registry) if push else None
+    signer = signer_of(sign_key)  # a wrong passphrase stops before any job starts
     with_host = hosts is not None
     options: dict[str, Any] = {"fmt": fmt, "verify": verify}
     if hosts is not None:
         opened = Store(store)
-        ended = _Ended(opened, pusher, with_host=True)
+        ended = _Ended(opened, pusher, _Provenance(signer, "docker", None), with_host=True)
         fanout, queues = _fan_out(
             jobs, hosts, hosts_source, opened, out, ended, quiet=quiet, **options
         )
+        ended.provenance.urls = {host.name: host.url for host in fanout.hosts}
     else:
         assert runtime is not None
         engine = get_runtime(runtime)
@@ -132,7 +140,7 @@ def run(
         if swept:
             console.print(f"removed {swept} leftover container(s) of an earlier crashed run")
         opened = Store(store)
-        ended = _Ended(opened, pusher, with_host=False)
+        ended = _Ended(opened, pusher, _Provenance(signer, engine.name, engine), with_host=False)
         printer = ProgressPrinter(quiet=quiet)
         fanout = FanOut(engine, opened, out, on_event=printer, on_done=ended, **options)
         queues = {engine.name: list(jobs)}
@@ -184,8 +192,11 @@ class _Ended:
     """What follows each job as it ends (one call at a time): its report, its entry in
     `--json` and the summary (with `host` when fanned out), its push."""
 
-    def __init__(self, store: Store, pusher: _Pusher | None, *, with_host: bool) -> None:
+    def __init__(
+        self, store: Store, pusher: _Pusher | None, provenance: _Provenance, *, with_host: bool
+    ) -> None:
         self.store, self.pusher, self.with_host = store, pusher, with_host
+        self.provenance = provenance
         self.entries: dict[str, dict[str, Any]] = {}
 
     def __call__(self, outcome: JobOutcome) -> None:
@@ -194,6 +205,8 @@ class _Ended:
         _report(label, outcome.result, outcome.error, outcome.log_tail)
         entry = _entry(name, outcome.result, outcome.error, outcome.seconds)
         self.entries[name] = {**entry, "host": outcome.host} if self.with_host else entry
+        if outcome.result is not None:
+            self.entries[name].update(self.provenance(self.store, outcome))
         if self.pusher and outcome.result is not None:
             self.entries[name]["push"] = self.pusher(self.store, outcome.result)
 
@@ -262,6 +275,70 @@ def _raise_if_failed(results: Sequence[Mapping[str, Any]]) -> None:
     pushes = sum("error" in (item.get("push") or {}) for item in results)
     if pushes:
         raise RegistryError(f"{pushes} of {len(results)} push(es) failed")
+    unsigned = sum("signature_error" in item for item in results)
+    if unsigned:
+        raise WarmerError(f"{unsigned} of {len(results)} provenance record(s) failed")
+
+
+class _Provenance:
+    """Keeps each published bundle's statement in the store (signed with --sign) and writes a
+    signed one beside the bundle: the runtime, the host, the image and its id as the engine
+    that ran it knows it (`runtime` for a plain run, else each fan-out host at its URL)."""
+
+    def __init__(self, signer: CryptoSigner | None, runtime: str, engine: Any) -> None:
+        self.signer, self.runtime, self.engine = signer, runtime, engine
+        #: fan-out host name -> engine URL
+        self.urls: dict[str, str] = {}
+        self._clients: dict[str, Any] = {}
+
+    def __call__(self, store: Store, outcome: JobOutcome) -> dict[str, Any]:
+        import time
+
+        from warmer.errors import WarmerError
+        from warmer.provenance import Made, host_name, record, write_sidecar
+
+        result = outcome.result
+        assert result is not None
+        image = outcome.job.image
+        image_id, repo_digests = self._image(outcome.host, image) if image else (None, ())
+        url = self.urls.get(outcome.host)
+        finished = time.time()
+        made = Made(
+            "run",
+            runtime=self.runtime,
+            host=f"{outcome.host} ({url})" if url else host_name(),
+            image=image,
+            image_id=image_id,
+            repo_digests=repo_digests,
+            started=finished - outcome.seconds,
+            finished=finished,
+        )
+        try:
+            _info, manifest = store.resolve(result.ref, touch=False)
+            signature = write_sidecar(result.bundle, record(store, manifest, made, self.signer))
+        except (WarmerError, OSError) as exc:
+            console.print(f"[{result.name}] provenance FAILED: {exc}")
+            return {"signature": None, "signature_error": str(exc)}
+        return {"signature": str(signature) if signature else None}
+
+    def _image(self, host: str, image: str) -> tuple[str | None, tuple[str, ...]]:
+        """The image's id and repo digests on the engine that ran it ((None, ()) when that
+        engine cannot say: the local runtime, an engine gone since)."""
+        import docker
+        import docker.errors
+
+        try:
+            client = getattr(self.engine, "client", None)
+            if host in self.urls:
+                if host not in self._clients:
+                    self._clients[host] = docker.DockerClient(base_url=self.urls[host])
+                client = self._clients[host]
+            if client is None:
+                return None, ()
+            found = client.images.get(image)
+        except (docker.errors.DockerException, OSError):
+            return None, ()
+        return found.id, tuple(found.attrs.get("RepoDigests") or ())
 
 
 class _Pusher:

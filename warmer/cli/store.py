@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections import defaultdict
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -135,6 +135,33 @@ def _describe_verify(verify: dict[str, object] | None) -> str:
     return ", ".join(parts) or str(verify)
 
 
+def _describe_provenance(provenance: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """Lines of `warmer show` for a kept statement: what made it, from which image, who
+    signed it (key ids as the envelope states them: `--trust` is what verifies them)."""
+    if provenance is None:
+        return [("provenance", "none kept")]
+    predicate = provenance["statement"]["predicate"]
+    build = _mapping(predicate.get("buildDefinition"))
+    inner = _mapping(build.get("internalParameters"))
+    builder = _mapping(_mapping(predicate.get("runDetails")).get("builder"))
+    version = _mapping(builder.get("version")).get("warmer")
+    made = f"{build.get('buildType')} by warmer {version}"
+    if inner.get("runtime"):
+        made += f", {inner.get('runtime')} on {inner.get('host')}"
+    lines = [("provenance", made)]
+    for item in build.get("resolvedDependencies") or []:
+        digest = _mapping(_mapping(item).get("digest")).get("sha256")
+        image = f"{_mapping(item).get('name')}" + (f" (sha256:{digest})" if digest else "")
+        lines.append(("image", image))
+    signers = provenance["signatures"]
+    lines.append(("signed by", ", ".join(signers) if signers else "unsigned"))
+    return lines
+
+
+def _mapping(value: object) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
 @click.command("show")
 @click.argument("ref", shell_complete=complete_ref)
 @click.option("--files", "list_files", is_flag=True, help="List every file.")
@@ -143,12 +170,15 @@ def _describe_verify(verify: dict[str, object] | None) -> str:
 def show(ref: str, list_files: bool, store: Path | None, as_json: bool) -> None:
     """Describe the snapshot REF (a ref, a name, or an id prefix)."""
     from warmer.cli.output import progress_bar
+    from warmer.provenance import describe, kept
     from warmer.sources import local_or_tier
 
     with _open_store(store) as opened, progress_bar("pulling") as printer:
         info, manifest = local_or_tier(
             opened, ref, touch=False, progress=printer, note=console.print
         )
+        envelope = kept(opened, manifest)
+        provenance = describe(envelope, info.ref) if envelope is not None else None
     kinds = _kind_totals(manifest)
     job_name = manifest.job.get("name") if manifest.job else None
     if as_json:
@@ -159,6 +189,7 @@ def show(ref: str, list_files: bool, store: Path | None, as_json: bool) -> None:
             "job": manifest.job,
             "verify": manifest.verify,
             "kinds": kinds,
+            "provenance": provenance,
         }
         if list_files:
             document["file_list"] = [entry.to_dict() for entry in manifest.files]
@@ -178,6 +209,7 @@ def show(ref: str, list_files: bool, store: Path | None, as_json: bool) -> None:
         ("created", ago(info.created)),
         ("last used", ago(info.last_access)),
         ("pinned", "yes" if info.pinned else "no"),
+        *_describe_provenance(provenance),
     ]
     for label, value in fields:
         click.echo(f"{label + ':':<12} {value}")  # plain lines: long digests must not wrap

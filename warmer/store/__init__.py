@@ -1,6 +1,7 @@
 """The content-addressed store: blake3 objects, manifests as objects, refs in a sqlite index.
 
-Layout: `<root>/store-v1/{CACHEDIR.TAG, lock, objects/ab/<62 hex>, index.sqlite}`. Puts stage
+Layout: `<root>/store-v1/{CACHEDIR.TAG, lock, objects/ab/<62 hex>, index.sqlite,
+attestations/<snapshot hex>.intoto.jsonl}`. Puts stage
 their objects as temp files; a commit stages the manifest object, publishes everything staged
 in one batch (synced, renamed, directories synced) and only then writes the ref row in one
 transaction, so a process or machine killed at any point leaves only unreferenced objects or
@@ -241,6 +242,39 @@ class Store:
         info = self._lookup(ref)
         return verify_snapshot(self.objects, info)
 
+    # -- attestations: a snapshot's signed provenance (warmer.provenance), removed by gc with it
+
+    def put_attestation(self, snapshot: str, data: bytes) -> None:
+        """Keep the signature envelope of a committed snapshot (bytes this module never reads)."""
+        self._use()
+        path = self._attestation_path(snapshot)
+        path.parent.mkdir(exist_ok=True)
+        with atomic_file(path, durable=True) as out:
+            out.write(data)
+
+    def attestation(self, snapshot: str) -> bytes | None:
+        """The envelope kept for `snapshot`, None when there is none."""
+        self._use()
+        try:
+            return self._attestation_path(snapshot).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def _attestation_path(self, snapshot: str) -> Path:
+        algorithm, _, hex_id = snapshot.partition(":")
+        if algorithm != "blake3" or not _HEX_ID_RE.match(hex_id):
+            raise StoreError(f"not a snapshot id: {snapshot!r}")
+        return self.root / "attestations" / f"{hex_id}.intoto.jsonl"
+
+    def _sweep_attestations(self, live: set[str], *, dry_run: bool) -> None:
+        """Drop the envelopes of snapshots no ref reaches (with the store held alone)."""
+        directory = self.root / "attestations"
+        if dry_run or not directory.is_dir():
+            return
+        for path in directory.iterdir():
+            if f"blake3:{path.name.split('.', 1)[0]}" not in live:
+                path.unlink(missing_ok=True)
+
     # -- upkeep ----------------------------------------------------------------------------
 
     def verify(self) -> VerifyReport:
@@ -253,7 +287,9 @@ class Store:
             return GcResult(0, 0, 0, dry_run)
         with self._lock.exclusive():
             self.objects.publish()  # uncommitted puts are unreferenced objects, as on disk
-            return sweep(self.objects, index.live_objects(), dry_run=dry_run)
+            live = index.live_objects()
+            self._sweep_attestations(live, dry_run=dry_run)
+            return sweep(self.objects, live, dry_run=dry_run)
 
     def plan_prune(
         self, *, max_size: int | None, older_than: float | None
@@ -277,7 +313,9 @@ class Store:
         with self._lock.exclusive():
             self.objects.publish()
             removed = index.remove(refs, keep_pinned=True, keep_used=True)
-            freed = sweep(self.objects, index.live_objects(), dry_run=False).bytes_freed
+            live = index.live_objects()
+            self._sweep_attestations(live, dry_run=False)
+            freed = sweep(self.objects, live, dry_run=False).bytes_freed
         return RemoveResult(tuple(removed), _kept(refs, removed), freed)
 
     def _freed_by(self, rows: Sequence[SnapshotInfo]) -> int:
