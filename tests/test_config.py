@@ -70,7 +70,11 @@ def test_settings_are_read_once_until_what_they_come_from_changes(
 
 
 def test_bundle_format_sets_what_run_and_export_write(tmp_path: Path) -> None:
-    script = "mkdir -p $TRITON_CACHE_DIR/KEY && echo kernel > $TRITON_CACHE_DIR/KEY/k.cubin"
+    # the local runtime moves Triton through TRITON_HOME unless TRITON_CACHE_DIR is set
+    script = (
+        "d=${TRITON_CACHE_DIR:-$TRITON_HOME/.triton/cache}; "
+        "mkdir -p $d/KEY && echo kernel > $d/KEY/k.cubin"
+    )
     job = write_job(
         tmp_path,
         None,

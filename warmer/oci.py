@@ -210,6 +210,8 @@ class ImageManifest(BaseModel):
     layers: list[Descriptor]
     annotations: dict[str, str] = Field(default_factory=dict)
     artifactType: str | None = None
+    #: what this manifest refers to (OCI 1.1): a signature names the bundle it signs
+    subject: Descriptor | None = None
 
 
 class _MediaType(BaseModel):
