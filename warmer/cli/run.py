@@ -16,7 +16,8 @@ from warmer.units import format_duration, format_size
 
 if TYPE_CHECKING:
     from warmer.bundle import Format
-    from warmer.fanout import FanOut, HostOutcome, JobOutcome
+    from warmer.fanout import FanOut
+    from warmer.placement import JobOutcome, NodeOutcome
     from warmer.runner import JobResult
     from warmer.spec import Job
     from warmer.store import Store
@@ -222,10 +223,10 @@ def _report_recompiles(label: str, verify: Mapping[str, Any]) -> None:
         console.print(f"[{label}]   try: {item['hint']}")
 
 
-def _host_entry(outcome: HostOutcome) -> dict[str, Any]:
+def _host_entry(outcome: NodeOutcome) -> dict[str, Any]:
     return {
-        "name": outcome.host.name,
-        "url": outcome.host.url,
+        "name": outcome.name,
+        "url": outcome.where,
         "jobs": [o.job.name for o in outcome.jobs],
         "failed": [o.job.name for o in outcome.failed],
         "seconds": round(outcome.seconds, 3),
@@ -310,11 +311,11 @@ def _summary(results: list[dict[str, Any]], *, with_host: bool = False) -> None:
     )
 
 
-def _host_summary(outcomes: Sequence[HostOutcome]) -> None:
+def _host_summary(outcomes: Sequence[NodeOutcome]) -> None:
     """Per host: how many jobs ran there, how many passed and failed, and its wall time."""
     rows = [
         [
-            o.host.name,
+            o.name,
             len(o.jobs),
             len(o.jobs) - len(o.failed),
             len(o.failed),
@@ -325,4 +326,4 @@ def _host_summary(outcomes: Sequence[HostOutcome]) -> None:
     table(["HOST", "JOBS", "OK", "FAILED", "WALL"], rows, right=["JOBS", "OK", "FAILED", "WALL"])
     for o in outcomes:
         if o.error:
-            console.print(f"host {o.host.name}: {o.error}")
+            console.print(f"host {o.name}: {o.error}")
