@@ -16,6 +16,7 @@ from warmer.units import format_duration, format_size
 
 if TYPE_CHECKING:
     from warmer.bundle import Format
+    from warmer.cluster import RayPlacer
     from warmer.fanout import FanOut
     from warmer.placement import JobOutcome, NodeOutcome
     from warmer.runner import JobResult
@@ -60,6 +61,15 @@ if TYPE_CHECKING:
     "or [BACKEND=]URL (cpu=unix:///run/d2.sock) [default: $WARMER_HOSTS]. See docs/fanout.md.",
 )
 @click.option(
+    "--ray",
+    "cluster",
+    metavar="ADDRESS",
+    default=None,
+    help="Place the jobs on a Ray cluster (HOST:PORT of its head, or `auto`): each job a Ray "
+    "task asking for its backend and GPUs [default: $WARMER_RAY, cluster.address]. "
+    "See docs/fanout.md.",
+)
+@click.option(
     "--push",
     is_flag=True,
     help="Push each bundle to REGISTRY/PREFIX/<job>:<env tag> (the registry: --registry).",
@@ -81,6 +91,7 @@ def run(
     fmt: str | None,
     quiet: bool,
     hosts: str | None,
+    cluster: str | None,
     push: bool,
     registry: str | None,
     store: Path | None,
@@ -96,24 +107,36 @@ def run(
     settings = current_settings()
     fmt = fmt or settings.bundle_format
     hosts = hosts if hosts is not None else settings.run_hosts
+    cluster = cluster if cluster is not None else (None if hosts else settings.cluster)
+    if cluster is not None and hosts is not None:
+        raise UsageError("--ray and --hosts are two ways to place jobs: choose one")
     jobs = load_jobs(job_file, only=only)
     missing = sorted({name for job in jobs for name in job.secrets if name not in os.environ})
     if missing:
         raise UsageError(f"secret(s) not set in this environment: {', '.join(missing)}")
     if hosts is not None and runtime not in (None, "docker"):
         raise UsageError(f"--hosts runs jobs on Docker engines: --runtime {runtime} does not apply")
-    if runtime is None and hosts is None:
+    if cluster is not None and runtime is not None:
+        raise UsageError("--ray: each node picks its runtime (docker, else local): drop --runtime")
+    if runtime is None and hosts is None and cluster is None:
         runtime = available_runtime()
         if runtime == "local":
             console.print("no container engine answers: running with the local runtime")
     require_images(jobs, runtime or "docker", job_file)
     pusher = _Pusher(registry) if push else None
-    with_host = hosts is not None
+    with_host = hosts is not None or cluster is not None
     options: dict[str, Any] = {"fmt": fmt, "verify": verify}
-    if hosts is not None:
+    placer: FanOut | RayPlacer
+    if cluster is not None:
         opened = Store(store)
         ended = _Ended(opened, pusher, with_host=True)
-        fanout, queues = _fan_out(jobs, hosts, opened, out, ended, quiet=quiet, **options)
+        placer = _on_ray(jobs, cluster, opened, out, ended, pusher, quiet=quiet, **options)
+        outcomes = placer.run(jobs)
+    elif hosts is not None:
+        opened = Store(store)
+        ended = _Ended(opened, pusher, with_host=True)
+        placer, queues = _fan_out(jobs, hosts, opened, out, ended, quiet=quiet, **options)
+        outcomes = placer.run(queues)
     else:
         assert runtime is not None
         engine = get_runtime(runtime)
@@ -123,9 +146,8 @@ def run(
         opened = Store(store)
         ended = _Ended(opened, pusher, with_host=False)
         printer = ProgressPrinter(quiet=quiet)
-        fanout = FanOut(engine, opened, out, on_event=printer, on_done=ended, **options)
-        queues = {engine.name: list(jobs)}
-    outcomes = fanout.run(queues)
+        placer = FanOut(engine, opened, out, on_event=printer, on_done=ended, **options)
+        outcomes = placer.run({engine.name: list(jobs)})
     results = [ended.entries[job.name] for job in jobs]
     if as_json:
         hosted = {"hosts": [_host_entry(o) for o in outcomes]} if with_host else {}
@@ -163,6 +185,42 @@ def _fan_out(
     return fanout, queues
 
 
+def _on_ray(
+    jobs: Sequence[Job],
+    address: str,
+    store: Store,
+    out: Path,
+    ended: _Ended,
+    pusher: _Pusher | None,
+    *,
+    quiet: bool,
+    fmt: Format,
+    verify: bool,
+) -> RayPlacer:
+    """The Ray placer for `--ray ADDRESS`, joined to the cluster and checked: every job has a
+    node that could take it before anything starts."""
+    from warmer.cluster import RayPlacer
+    from warmer.units import parse_size
+
+    settings = current_settings()
+    placer = RayPlacer(
+        address,
+        store,
+        out,
+        fmt=fmt,
+        verify=verify,
+        retries=settings.cluster_retries,
+        inline_max=parse_size(settings.cluster_inline_max),
+        registry=pusher.registry if pusher else None,
+        insecure=settings.insecure,
+        on_event=ProgressPrinter(quiet=quiet),
+        on_done=ended,
+    )
+    placer.check(jobs)
+    console.print(f"placing {len(jobs)} job(s) on the Ray cluster at {address}")
+    return placer
+
+
 class _Ended:
     """What follows each job as it ends (one call at a time): its report, its entry in
     `--json` and the summary (with `host` when fanned out), its push."""
@@ -177,7 +235,10 @@ class _Ended:
         _report(label, outcome.result, outcome.error, outcome.log_tail)
         entry = _entry(name, outcome.result, outcome.error, outcome.seconds)
         self.entries[name] = {**entry, "host": outcome.host} if self.with_host else entry
-        if self.pusher and outcome.result is not None:
+        if outcome.pushed is not None:  # its node pushed it (a large bundle on Ray)
+            self.entries[name]["push"] = outcome.pushed
+            console.print(f"[{label}] pushed {outcome.pushed['reference']} from its node")
+        elif self.pusher and outcome.result is not None:
             self.entries[name]["push"] = self.pusher(self.store, outcome.result)
 
 
