@@ -54,6 +54,7 @@ ORDER = (
     "placement",
     "fanout",
     "cluster",
+    "capture",
     "kernels",
     "tracking",
     "cli",

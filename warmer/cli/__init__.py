@@ -30,6 +30,7 @@ COMMANDS = {
     "pull": "registry:pull",
     "pin": "registry:pin",
     "unpin": "registry:unpin",
+    "capture": "capture:capture",
 }
 
 

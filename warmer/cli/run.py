@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from warmer.runner import JobResult
     from warmer.spec import Job
     from warmer.store import Store
+    from warmer.store.manifest import Manifest
 
 
 @click.command()
@@ -80,6 +81,14 @@ if TYPE_CHECKING:
     default=None,
     help="Where --push pushes [default: $WARMER_REGISTRY or registry.url in the config].",
 )
+@click.option(
+    "--fold",
+    "folds",
+    metavar="REF",
+    multiple=True,
+    help="Add the files of a capture (`warmer capture`: a store ref or registry reference) "
+    "to the bundle of the job of its name (repeatable).",
+)
 @store_option
 @json_option
 def run(
@@ -94,6 +103,7 @@ def run(
     cluster: str | None,
     push: bool,
     registry: str | None,
+    folds: tuple[str, ...],
     store: Path | None,
     as_json: bool,
 ) -> None:
@@ -129,12 +139,12 @@ def run(
     placer: FanOut | RayPlacer
     if cluster is not None:
         opened = Store(store)
-        ended = _Ended(opened, pusher, with_host=True)
+        ended = _Ended(opened, pusher, with_host=True, folds=_folds(opened, folds))
         placer = _on_ray(jobs, cluster, opened, out, ended, pusher, quiet=quiet, **options)
         outcomes = placer.run(jobs)
     elif hosts is not None:
         opened = Store(store)
-        ended = _Ended(opened, pusher, with_host=True)
+        ended = _Ended(opened, pusher, with_host=True, folds=_folds(opened, folds))
         placer, queues = _fan_out(jobs, hosts, opened, out, ended, quiet=quiet, **options)
         outcomes = placer.run(queues)
     else:
@@ -144,7 +154,7 @@ def run(
         if swept:
             console.print(f"removed {swept} leftover container(s) of an earlier crashed run")
         opened = Store(store)
-        ended = _Ended(opened, pusher, with_host=False)
+        ended = _Ended(opened, pusher, with_host=False, folds=_folds(opened, folds))
         printer = ProgressPrinter(quiet=quiet)
         placer = FanOut(engine, opened, out, on_event=printer, on_done=ended, **options)
         outcomes = placer.run({engine.name: list(jobs)})
@@ -225,13 +235,23 @@ class _Ended:
     """What follows each job as it ends (one call at a time): its report, its entry in
     `--json` and the summary (with `host` when fanned out), its push."""
 
-    def __init__(self, store: Store, pusher: _Pusher | None, *, with_host: bool) -> None:
+    def __init__(
+        self,
+        store: Store,
+        pusher: _Pusher | None,
+        *,
+        with_host: bool,
+        folds: Mapping[str, list[Manifest]] | None = None,
+    ) -> None:
         self.store, self.pusher, self.with_host = store, pusher, with_host
+        self.folds = folds or {}
         self.entries: dict[str, dict[str, Any]] = {}
 
     def __call__(self, outcome: JobOutcome) -> None:
         name = outcome.job.name
         label = f"{name}@{outcome.host}" if self.with_host else name
+        if outcome.result is not None and self.folds.get(name):
+            _fold(self.store, outcome, self.folds[name], label)
         _report(label, outcome.result, outcome.error, outcome.log_tail)
         entry = _entry(name, outcome.result, outcome.error, outcome.seconds)
         self.entries[name] = {**entry, "host": outcome.host} if self.with_host else entry
@@ -240,6 +260,45 @@ class _Ended:
             console.print(f"[{label}] pushed {outcome.pushed['reference']} from its node")
         elif self.pusher and outcome.result is not None:
             self.entries[name]["push"] = self.pusher(self.store, outcome.result)
+
+
+def _folds(store: Store, refs: Sequence[str]) -> dict[str, list[Manifest]]:
+    """The captures `--fold` names, brought into the store, by the job name they are for."""
+    from warmer.sources import in_store
+
+    found: dict[str, list[Manifest]] = {}
+    for ref in refs:
+        _info, manifest = in_store(store, ref, touch=False)
+        found.setdefault(manifest.name, []).append(manifest)
+    return found
+
+
+def _fold(store: Store, outcome: JobOutcome, deltas: Sequence[Manifest], label: str) -> None:
+    """Add the captures' files to a job's snapshot and write its bundle again; a capture of
+    another environment fails the job (its bundle would claim files that cannot hit)."""
+    from warmer.bundle import write_bundle
+    from warmer.capture import fold
+    from warmer.errors import UsageError
+
+    result = outcome.result
+    assert result is not None
+    try:
+        info, manifest, added = fold(store, result.ref, deltas)
+    except UsageError as exc:
+        outcome.result, outcome.error = None, str(exc)
+        return
+    if not added:
+        return
+    bundle = write_bundle(manifest, store.open_object, result.bundle.parent, _format(result))
+    if bundle != result.bundle:
+        result.bundle.unlink(missing_ok=True)
+    result.bundle, result.ref, result.snapshot = bundle, info.ref, info.snapshot
+    result.files, result.bytes = len(manifest.files), manifest.total_size
+    console.print(f"[{label}] folded {len(added)} captured file(s) into its bundle")
+
+
+def _format(result: JobResult) -> Format:
+    return "gz" if result.bundle.name.endswith(".gz") else "zst"
 
 
 def _entry(
