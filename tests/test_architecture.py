@@ -55,6 +55,7 @@ ORDER = (
     "fanout",
     "cluster",
     "capture",
+    "k8s",
     "kernels",
     "tracking",
     "cli",

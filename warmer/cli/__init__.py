@@ -31,6 +31,7 @@ COMMANDS = {
     "pin": "registry:pin",
     "unpin": "registry:unpin",
     "capture": "capture:capture",
+    "k8s": "k8s:k8s",
 }
 
 
