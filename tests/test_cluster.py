@@ -287,6 +287,7 @@ def test_a_node_killed_mid_run_fails_only_its_job_and_nothing_of_it_is_published
     os.killpg(doomed_node, signal.SIGKILL)
     assert process.wait(timeout=RUN_LIMIT_S) == 3, output(tmp_path)[1]
     stdout, stderr = output(tmp_path)
+    assert stdout.startswith("{"), stdout[:3000]
     entries = {e["name"]: e for e in json.loads(stdout)["jobs"]}
     assert entries["ray-ok"]["ok"] and entries["ray-ok"]["host"] in ("worker-a", "worker-b")
     assert not entries["doomed"]["ok"] and entries["doomed"]["host"] == "doomed"

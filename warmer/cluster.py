@@ -83,6 +83,7 @@ def connect(address: str) -> Any:
         raise UsageError("--ray needs Ray: pip install 'warmer[ray]'") from None
     if ray.is_initialized():
         return ray
+    _errors_to_stderr()
     options: dict[str, Any] = {"log_to_driver": False, "logging_level": "ERROR"}
     if loopback:
         options["_node_ip_address"] = "127.0.0.1"
@@ -91,6 +92,23 @@ def connect(address: str) -> Any:
     except Exception as exc:  # ConnectionError, a timeout, a version mismatch, …
         raise UsageError(f"--ray {address}: cannot join the cluster: {describe(exc)}") from None
     return ray
+
+
+def _errors_to_stderr() -> None:
+    """Ray prints the cluster's errors (`(raylet) The node … has been marked dead`) on this
+    process's stdout, which is warmer's own (`--json` holds one document): send them to
+    stderr, beside warmer's progress lines."""
+    from ray._private import worker
+
+    printer = getattr(worker, "print_to_stdstream", None)
+    if printer is None or getattr(printer, "_warmer", False):
+        return
+
+    def to_stderr(data: dict[str, Any], ignore_prefix: bool) -> None:
+        printer({**data, "is_err": True}, ignore_prefix)
+
+    to_stderr._warmer = True  # type: ignore[attr-defined]
+    worker.print_to_stdstream = to_stderr
 
 
 def check_placeable(jobs: Sequence[Job], nodes: Sequence[Mapping[str, Any]]) -> None:
