@@ -224,6 +224,8 @@ def doomed_node(cluster: str, tmp_path: Path) -> Iterator[int]:
                 "--address",
                 cluster,
                 "--resources",
+                # 1 CPU: once the doomed job holds it (submitted first, and only this node
+                # takes it), no other job fits here
                 json.dumps({"warmer-backend-cpu": 1, "warmer-test-doomed": 1}),
             ],
             stdout=sink,
@@ -267,12 +269,12 @@ def test_a_node_killed_mid_run_fails_only_its_job_and_nothing_of_it_is_published
 ) -> None:
     jobs = write_jobs(
         tmp_path,
-        {"name": "ray-ok"},
         {
             "name": "doomed",
             "engine": {"kind": "command", "command": ["bash", "-c", "echo on-doomed; sleep 300"]},
             "resources": {"warmer-test-doomed": 1},
         },
+        {"name": "ray-ok", "resources": {"warmer-ci-worker": 0.001}},  # never the doomed node
     )
     out = tmp_path / "dist"
     process = start_warmer(
