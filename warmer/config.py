@@ -104,6 +104,13 @@ class Settings(BaseModel):
     trust_keys: tuple[Path, ...] = _setting((), "WARMER_TRUST_KEYS", "trust.keys")
     #: refuse what no trusted key signed, even without --trust
     trust_require: bool = _setting(False, "WARMER_TRUST_REQUIRE", "trust.require")
+    #: the Ray cluster `warmer run --ray` places jobs on (HOST:PORT of its head, or `auto`)
+    cluster: str | None = _setting(None, "WARMER_RAY", "cluster.address")
+    #: how many times Ray runs a job again whose node died (0: the job fails with its node)
+    cluster_retries: int = _setting(0, "WARMER_RAY_RETRIES", "cluster.retries")
+    #: a bundle up to this size comes back through Ray's object store; a larger one is pushed
+    #: from its node to the registry (with --push) and only the reference comes back
+    cluster_inline_max: str = _setting("256MiB", "WARMER_RAY_INLINE_MAX", "cluster.inline_max")
     #: Docker engines for `warmer run --hosts` (file only)
     hosts: tuple[HostConfig, ...] = Field(default=(), json_schema_extra={"file": "hosts"})
 
@@ -150,6 +157,21 @@ class Settings(BaseModel):
         if isinstance(value, tuple):
             return tuple(path.expanduser() for path in value)
         return value.expanduser() if value is not None else None
+
+    @field_validator("cluster_retries")
+    @classmethod
+    def _not_negative(cls, retries: int) -> int:
+        if retries < 0:
+            raise ValueError("must be 0 or more")
+        return retries
+
+    @field_validator("cluster_inline_max")
+    @classmethod
+    def _a_size(cls, value: str) -> str:
+        from warmer.units import parse_size
+
+        parse_size(value)  # ValueError names what is wrong
+        return value
 
     @field_validator("hosts")
     @classmethod

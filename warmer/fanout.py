@@ -1,5 +1,9 @@
 """Fan-out: the jobs of one file over several Docker hosts at once (`warmer run --hosts`).
 
+A placer over `warmer.placement` (outcomes, failures, the summary are that module's, shared
+with the Ray placer `warmer.cluster`); what is its own is the hosts: matching jobs to
+engines by backend ahead of time, and each host's slots.
+
 `--hosts` is a comma list: a host name from the config (`hosts:` in warmer's config file),
 `all` (every configured host), or `[BACKEND=]URL` for an engine the config does not name
 (`cpu=unix:///tmp/a.sock`, `tcp://h:2375`; no backend: it takes any job).
@@ -30,16 +34,16 @@ import contextlib
 import posixpath
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from warmer.bundle import Format
 from warmer.config import BACKENDS, HostConfig
-from warmer.errors import JobFailed, UsageError, WarmerError
+from warmer.errors import UsageError
+from warmer.placement import DoneHandler, JobOutcome, NodeOutcome, Outcomes, describe, run_job
 from warmer.progress import Progress, silent
-from warmer.runner import JobResult, Runner
+from warmer.runner import Runner
 from warmer.runtimes.base import STOP_GRACE_S, TAIL_LINES
 from warmer.spec import Job
 from warmer.store import Store
@@ -51,40 +55,6 @@ if TYPE_CHECKING:
 #: URL schemes the docker SDK connects with.
 URL_SCHEMES = ("unix", "tcp", "ssh", "http", "https", "npipe")
 ALL = "all"
-
-
-@dataclass
-class JobOutcome:
-    """How one job of a fan-out ended, on which host."""
-
-    job: Job
-    host: str
-    result: JobResult | None = None
-    error: str | None = None
-    log_tail: str = ""
-    seconds: float = 0.0
-
-    @property
-    def ok(self) -> bool:
-        return self.result is not None
-
-
-@dataclass
-class HostOutcome:
-    """What one host ran, how long it took, and why it was given up (None: it was not)."""
-
-    host: HostConfig
-    jobs: list[JobOutcome] = field(default_factory=list)
-    seconds: float = 0.0
-    error: str | None = None
-
-    @property
-    def failed(self) -> list[JobOutcome]:
-        return [outcome for outcome in self.jobs if not outcome.ok]
-
-
-#: on_done(outcome): called as each job ends, one call at a time (from the host's thread)
-DoneHandler = Callable[[JobOutcome], None]
 
 
 def takes(host: HostConfig, backend: str) -> bool:
@@ -197,7 +167,7 @@ class _HostRun:
     def __init__(self, fanout: FanOut, host: HostConfig, jobs: Sequence[Job]) -> None:
         self.fanout, self.host = fanout, host
         self.queue: collections.deque[Job] = collections.deque(jobs)
-        self.outcome = HostOutcome(host)
+        self.outcome = NodeOutcome(host.name, host.url)
         self.runtimes: list[DockerRuntime] = []
         self._lock = threading.Lock()
 
@@ -214,7 +184,7 @@ class _HostRun:
                 self._add_runtime(first)
                 first.sweep()
             except Exception as exc:  # no engine there, or it went away at once
-                self._give_up(str(exc) if isinstance(exc, WarmerError) else _describe(exc))
+                self._give_up(describe(exc))
                 return
             extra = min(self.host.slots, len(self.queue)) - 1
             threads = [
@@ -254,17 +224,9 @@ class _HostRun:
     def _run_one(self, runner: Runner, job: Job, tail: collections.deque[str]) -> None:
         from warmer.runtimes.docker import engine_answers
 
-        outcome = JobOutcome(job, self.host.name)
-        started = time.monotonic()
-        try:
-            outcome.result = runner.run(job, verify=self.fanout.verify)
-        except JobFailed as exc:
-            outcome.error, outcome.log_tail = str(exc), exc.log_tail
-        except Exception as exc:  # the engine went away, the image is not there, …
-            if self.fanout.runtime is not None:
-                raise  # one runtime: its errors are the command's, as the runner raised them
-            outcome.error = str(exc) if isinstance(exc, WarmerError) else _describe(exc)
-        outcome.seconds = time.monotonic() - started
+        single = self.fanout.runtime is not None
+        verify = self.fanout.verify
+        outcome = run_job(runner, job, self.host.name, verify=verify, raise_other=single)
         if outcome.error is not None and self.fanout.cancelled.is_set():
             outcome.error, outcome.log_tail = "interrupted", ""  # Ctrl-C removed its container
         elif outcome.error is not None and self.fanout.runtime is None:
@@ -312,14 +274,7 @@ class _HostRun:
             self._finish(JobOutcome(job, self.host.name, error=error))
 
     def _finish(self, outcome: JobOutcome) -> None:
-        with self._lock:
-            self.outcome.jobs.append(outcome)
-        self.fanout.done(outcome)
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+        self.fanout.outcomes.finish(self.outcome, outcome)
 
 
 class FanOut:
@@ -354,11 +309,10 @@ class FanOut:
             self.runtime, self.hosts = hosts, [HostConfig(hosts.name, hosts.name)]
         self.store, self.out, self.fmt, self.verify = store, out, fmt, verify
         self.on_event: Progress = on_event or silent
-        self._on_done = on_done or (lambda outcome: None)
-        self._done_lock = threading.Lock()
-        self.cancelled = threading.Event()
+        self.outcomes = Outcomes(on_done)
+        self.cancelled = self.outcomes.cancelled
 
-    def run(self, queues: Mapping[str, Sequence[Job]]) -> list[HostOutcome]:
+    def run(self, queues: Mapping[str, Sequence[Job]]) -> list[NodeOutcome]:
         """Run each host's queue (`assign` makes them) and return each host's outcome, in
         the order of `hosts`; a host with no jobs is listed with none and never contacted."""
         runs = [_HostRun(self, host, queues.get(host.name, ())) for host in self.hosts]
@@ -380,10 +334,6 @@ class FanOut:
             self._cancel(runs, threads)
             raise
         return [run.outcome for run in runs]
-
-    def done(self, outcome: JobOutcome) -> None:
-        with self._done_lock:
-            self._on_done(outcome)
 
     def _cancel(self, runs: Iterable[_HostRun], threads: Iterable[threading.Thread]) -> None:
         """Ctrl-C: start nothing more, remove this process's containers on every host (which

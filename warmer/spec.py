@@ -133,6 +133,19 @@ def _check_volume(volume: str) -> str:
 
 
 EnvName = Annotated[str, AfterValidator(_check_env_name)]
+#: a scheduler resource a job asks for (Ray custom resources such as warmer-arch-sm90)
+_RESOURCE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/-]{0,99}")
+
+
+def _check_resources(resources: dict[str, float]) -> dict[str, float]:
+    for name, amount in resources.items():
+        if not _RESOURCE_RE.fullmatch(name):
+            raise ValueError(f"{name!r} is not a resource name (letters, digits, _.:/-)")
+        if not amount > 0:
+            raise ValueError(f"{name}: the amount must be more than 0")
+    return resources
+
+
 EnvValue = Annotated[str, BeforeValidator(_scalar_to_str)]
 Volume = Annotated[str, AfterValidator(_check_volume)]
 
@@ -269,6 +282,11 @@ class Job(BaseModel):
     workdir: str | None = None
     shm_size: str | None = None
     timeout: float = 1800.0
+    #: what a placer asks for besides the backend and GPUs (`warmer run --ray`: Ray custom
+    #: resources, e.g. {warmer-arch-sm90: 1}); not stored when empty
+    resources: Annotated[dict[str, float], AfterValidator(_check_resources)] = Field(
+        default_factory=dict
+    )
 
     @field_validator("name")
     @classmethod
@@ -401,7 +419,7 @@ class Job(BaseModel):
 
     def to_manifest(self) -> dict[str, Any]:
         """The job as plain JSON data, safe to store: secrets are names, never values."""
-        return self.model_dump(mode="json")
+        return self.model_dump(mode="json", exclude=set() if self.resources else {"resources"})
 
 
 # --- problems and the error that lists them ----------------------------------------------

@@ -34,6 +34,8 @@ COMMANDS = {
     "check": "check:check",
     "doctor": "doctor:doctor",
     "key": "keys:key",
+    "capture": "capture:capture",
+    "k8s": "k8s:k8s",
 }
 
 

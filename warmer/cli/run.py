@@ -19,10 +19,13 @@ if TYPE_CHECKING:
     from securesystemslib.signer import CryptoSigner
 
     from warmer.bundle import Format
-    from warmer.fanout import FanOut, HostOutcome, JobOutcome
+    from warmer.cluster import RayPlacer
+    from warmer.fanout import FanOut
+    from warmer.placement import JobOutcome, NodeOutcome
     from warmer.runner import JobResult
     from warmer.spec import Job
     from warmer.store import Store
+    from warmer.store.manifest import Manifest
 
 
 @click.command()
@@ -62,6 +65,15 @@ if TYPE_CHECKING:
     "or [BACKEND=]URL (cpu=unix:///run/d2.sock) [default: $WARMER_HOSTS]. See docs/fanout.md.",
 )
 @click.option(
+    "--ray",
+    "cluster",
+    metavar="ADDRESS",
+    default=None,
+    help="Place the jobs on a Ray cluster (HOST:PORT of its head, or `auto`): each job a Ray "
+    "task asking for its backend and GPUs [default: $WARMER_RAY, cluster.address]. "
+    "See docs/fanout.md.",
+)
+@click.option(
     "--push",
     is_flag=True,
     help="Push each bundle to REGISTRY/PREFIX/<job>:<env tag> (the registry: --registry).",
@@ -73,6 +85,14 @@ if TYPE_CHECKING:
     help="Where --push pushes [default: $WARMER_REGISTRY or registry.url in the config].",
 )
 @sign_option
+@click.option(
+    "--fold",
+    "folds",
+    metavar="REF",
+    multiple=True,
+    help="Add the files of a capture (`warmer capture`: a store ref or registry reference) "
+    "to the bundle of the job of its name (repeatable).",
+)
 @store_option
 @json_option
 def run(
@@ -84,9 +104,11 @@ def run(
     fmt: str | None,
     quiet: bool,
     hosts: str | None,
+    cluster: str | None,
     push: bool,
     registry: str | None,
     sign_key: Path | None,
+    folds: tuple[str, ...],
     store: Path | None,
     as_json: bool,
 ) -> None:
@@ -103,6 +125,9 @@ def run(
     fmt = fmt or settings.bundle_format
     hosts_source = "--hosts" if hosts is not None else "WARMER_HOSTS"
     hosts = hosts if hosts is not None else settings.run_hosts
+    cluster = cluster if cluster is not None else (None if hosts else settings.cluster)
+    if cluster is not None and hosts is not None:
+        raise UsageError("--ray and --hosts are two ways to place jobs: choose one")
     jobs = load_jobs(job_file, only=only)
     missing = sorted({name for job in jobs for name in job.secrets if name not in os.environ})
     if missing:
@@ -117,22 +142,43 @@ def run(
         )
     if hosts is not None and runtime not in (None, "docker"):
         raise UsageError(f"--hosts runs jobs on Docker engines: --runtime {runtime} does not apply")
-    if runtime is None and hosts is None:
+    if cluster is not None and runtime is not None:
+        raise UsageError("--ray: each node picks its runtime (docker, else local): drop --runtime")
+    if runtime is None and hosts is None and cluster is None:
         runtime = available_runtime()
         if runtime == "local":
             console.print("no container engine answers: running with the local runtime")
     require_images(jobs, runtime or "docker", job_file)
     pusher = _Pusher(registry) if push else None
     signer = signer_of(sign_key)  # a wrong passphrase stops before any job starts
-    with_host = hosts is not None
+    with_host = hosts is not None or cluster is not None
     options: dict[str, Any] = {"fmt": fmt, "verify": verify}
-    if hosts is not None:
+    placer: FanOut | RayPlacer
+    if cluster is not None:
         opened = Store(store)
-        ended = _Ended(opened, pusher, _Provenance(signer, "docker", None), with_host=True)
-        fanout, queues = _fan_out(
+        ended = _Ended(
+            opened,
+            pusher,
+            _Provenance(signer, "ray", None),
+            with_host=True,
+            folds=_folds(opened, folds),
+        )
+        placer = _on_ray(jobs, cluster, opened, out, ended, pusher, quiet=quiet, **options)
+        outcomes = placer.run(jobs)
+    elif hosts is not None:
+        opened = Store(store)
+        ended = _Ended(
+            opened,
+            pusher,
+            _Provenance(signer, "docker", None),
+            with_host=True,
+            folds=_folds(opened, folds),
+        )
+        placer, queues = _fan_out(
             jobs, hosts, hosts_source, opened, out, ended, quiet=quiet, **options
         )
-        ended.provenance.urls = {host.name: host.url for host in fanout.hosts}
+        ended.provenance.urls = {host.name: host.url for host in placer.hosts}
+        outcomes = placer.run(queues)
     else:
         assert runtime is not None
         engine = get_runtime(runtime)
@@ -140,11 +186,16 @@ def run(
         if swept:
             console.print(f"removed {swept} leftover container(s) of an earlier crashed run")
         opened = Store(store)
-        ended = _Ended(opened, pusher, _Provenance(signer, engine.name, engine), with_host=False)
+        ended = _Ended(
+            opened,
+            pusher,
+            _Provenance(signer, engine.name, engine),
+            with_host=False,
+            folds=_folds(opened, folds),
+        )
         printer = ProgressPrinter(quiet=quiet)
-        fanout = FanOut(engine, opened, out, on_event=printer, on_done=ended, **options)
-        queues = {engine.name: list(jobs)}
-    outcomes = fanout.run(queues)
+        placer = FanOut(engine, opened, out, on_event=printer, on_done=ended, **options)
+        outcomes = placer.run({engine.name: list(jobs)})
     results = [ended.entries[job.name] for job in jobs]
     if as_json:
         hosted = {"hosts": [_host_entry(o) for o in outcomes]} if with_host else {}
@@ -188,27 +239,114 @@ def _fan_out(
     return fanout, queues
 
 
+def _on_ray(
+    jobs: Sequence[Job],
+    address: str,
+    store: Store,
+    out: Path,
+    ended: _Ended,
+    pusher: _Pusher | None,
+    *,
+    quiet: bool,
+    fmt: Format,
+    verify: bool,
+) -> RayPlacer:
+    """The Ray placer for `--ray ADDRESS`, joined to the cluster and checked: every job has a
+    node that could take it before anything starts."""
+    from warmer.cluster import RayPlacer
+    from warmer.units import parse_size
+
+    settings = current_settings()
+    placer = RayPlacer(
+        address,
+        store,
+        out,
+        fmt=fmt,
+        verify=verify,
+        retries=settings.cluster_retries,
+        inline_max=parse_size(settings.cluster_inline_max),
+        registry=pusher.registry if pusher else None,
+        insecure=settings.insecure,
+        on_event=ProgressPrinter(quiet=quiet),
+        on_done=ended,
+    )
+    placer.check(jobs)
+    console.print(f"placing {len(jobs)} job(s) on the Ray cluster at {address}")
+    return placer
+
+
 class _Ended:
     """What follows each job as it ends (one call at a time): its report, its entry in
     `--json` and the summary (with `host` when fanned out), its push."""
 
     def __init__(
-        self, store: Store, pusher: _Pusher | None, provenance: _Provenance, *, with_host: bool
+        self,
+        store: Store,
+        pusher: _Pusher | None,
+        provenance: _Provenance,
+        *,
+        with_host: bool,
+        folds: Mapping[str, list[Manifest]] | None = None,
     ) -> None:
         self.store, self.pusher, self.with_host = store, pusher, with_host
         self.provenance = provenance
+        self.folds = folds or {}
         self.entries: dict[str, dict[str, Any]] = {}
 
     def __call__(self, outcome: JobOutcome) -> None:
         name = outcome.job.name
         label = f"{name}@{outcome.host}" if self.with_host else name
+        if outcome.result is not None and self.folds.get(name):
+            _fold(self.store, outcome, self.folds[name], label)
         _report(label, outcome.result, outcome.error, outcome.log_tail)
         entry = _entry(name, outcome.result, outcome.error, outcome.seconds)
         self.entries[name] = {**entry, "host": outcome.host} if self.with_host else entry
         if outcome.result is not None:
             self.entries[name].update(self.provenance(self.store, outcome))
-        if self.pusher and outcome.result is not None:
+        if outcome.pushed is not None:  # its node pushed it (a large bundle on Ray)
+            self.entries[name]["push"] = outcome.pushed
+            console.print(f"[{label}] pushed {outcome.pushed['reference']} from its node")
+        elif self.pusher and outcome.result is not None:
             self.entries[name]["push"] = self.pusher(self.store, outcome.result)
+
+
+def _folds(store: Store, refs: Sequence[str]) -> dict[str, list[Manifest]]:
+    """The captures `--fold` names, brought into the store, by the job name they are for."""
+    from warmer.sources import in_store
+
+    found: dict[str, list[Manifest]] = {}
+    for ref in refs:
+        _info, manifest = in_store(store, ref, touch=False)
+        found.setdefault(manifest.name, []).append(manifest)
+    return found
+
+
+def _fold(store: Store, outcome: JobOutcome, deltas: Sequence[Manifest], label: str) -> None:
+    """Add the captures' files to a job's snapshot and write its bundle again; a capture of
+    another environment fails the job (its bundle would claim files that cannot hit)."""
+    from warmer.bundle import write_bundle
+    from warmer.capture import fold
+    from warmer.errors import UsageError
+
+    result = outcome.result
+    assert result is not None
+    try:
+        info, manifest, added = fold(store, result.ref, deltas)
+    except UsageError as exc:
+        outcome.result, outcome.error = None, str(exc)
+        return
+    if not added:
+        return
+    bundle = write_bundle(manifest, store.open_object, result.bundle.parent, _format(result))
+    if bundle != result.bundle:
+        result.bundle.unlink(missing_ok=True)
+    result.bundle, result.ref, result.snapshot = bundle, info.ref, info.snapshot
+    result.files, result.bytes = len(manifest.files), manifest.total_size
+    console.print(f"[{label}] folded {len(added)} captured file(s) into its bundle")
+
+
+def _format(result: JobResult) -> Format:
+    return "gz" if result.bundle.name.endswith(".gz") else "zst"
 
 
 def _entry(
@@ -255,10 +393,10 @@ def _report_recompiles(label: str, verify: Mapping[str, Any]) -> None:
         console.print(f"[{label}]   try: {item['hint']}")
 
 
-def _host_entry(outcome: HostOutcome) -> dict[str, Any]:
+def _host_entry(outcome: NodeOutcome) -> dict[str, Any]:
     return {
-        "name": outcome.host.name,
-        "url": outcome.host.url,
+        "name": outcome.name,
+        "url": outcome.where,
         "jobs": [o.job.name for o in outcome.jobs],
         "failed": [o.job.name for o in outcome.failed],
         "seconds": round(outcome.seconds, 3),
@@ -410,11 +548,11 @@ def _summary(results: list[dict[str, Any]], *, with_host: bool = False) -> None:
     )
 
 
-def _host_summary(outcomes: Sequence[HostOutcome]) -> None:
+def _host_summary(outcomes: Sequence[NodeOutcome]) -> None:
     """Per host: how many jobs ran there, how many passed and failed, and its wall time."""
     rows = [
         [
-            o.host.name,
+            o.name,
             len(o.jobs),
             len(o.jobs) - len(o.failed),
             len(o.failed),
@@ -425,4 +563,4 @@ def _host_summary(outcomes: Sequence[HostOutcome]) -> None:
     table(["HOST", "JOBS", "OK", "FAILED", "WALL"], rows, right=["JOBS", "OK", "FAILED", "WALL"])
     for o in outcomes:
         if o.error:
-            console.print(f"host {o.host.name}: {o.error}")
+            console.print(f"host {o.name}: {o.error}")
