@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import HELPERS
 from helpers.registry import REGISTRY, needs_registry
-from helpers.run import WARMER, warmer, warmer_environ, write_job
+from helpers.run import WARMER, WRITE_KERNEL, warmer, warmer_environ, write_job
 
 from warmer.bundle import open_bundle
 from warmer.caches import CacheRoot
@@ -117,7 +117,7 @@ def test_a_compile_after_readiness_lands_in_the_registry_and_the_next_bundle(
         _info, pulled = fresh.resolve(report.ref)
         assert {e.path for e in pulled.files} == base_paths | set(added)
     # the next bundle of the job `server` carries the capture
-    script = "mkdir -p $TRITON_CACHE_DIR/KEY && echo kernel > $TRITON_CACHE_DIR/KEY/k.cubin"
+    script = WRITE_KERNEL
     job = write_job(tmp_path, None, name="server", image=None, warmup={},
                     engine={"kind": "command", "command": ["bash", "-c", script]})  # fmt: skip
     done = warmer(

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import REPO
-from helpers.run import warmer, write_job
+from helpers.run import WRITE_KERNEL, warmer, write_job
 
 from warmer.config import Settings, load_settings, settings
 from warmer.errors import UsageError
@@ -70,11 +70,7 @@ def test_settings_are_read_once_until_what_they_come_from_changes(
 
 
 def test_bundle_format_sets_what_run_and_export_write(tmp_path: Path) -> None:
-    # the local runtime moves Triton through TRITON_HOME unless TRITON_CACHE_DIR is set
-    script = (
-        "d=${TRITON_CACHE_DIR:-$TRITON_HOME/.triton/cache}; "
-        "mkdir -p $d/KEY && echo kernel > $d/KEY/k.cubin"
-    )
+    script = WRITE_KERNEL
     job = write_job(
         tmp_path,
         None,

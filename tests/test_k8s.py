@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 from conftest import IMAGE
-from helpers.run import warmer
+from helpers.run import WRITE_KERNEL, warmer
 
 SUITE_JOBS = {
     "version": 1,
@@ -123,7 +123,7 @@ def test_a_warm_job_runs_on_a_real_cluster(tmp_path: Path) -> None:
     if not (kubectl and registry and image):
         pytest.skip("needs kubectl, WARMER_TEST_K8S_REGISTRY and WARMER_TEST_K8S_WARMER_IMAGE")
     name = f"k8s-{uuid.uuid4().hex[:8]}"
-    script = "mkdir -p $TRITON_CACHE_DIR/KEY && echo kernel > $TRITON_CACHE_DIR/KEY/k.cubin"
+    script = WRITE_KERNEL
     jobs = {"version": 1, "jobs": [{"name": name, "image": image, "backend": "cpu",
             "engine": {"kind": "command", "command": ["bash", "-c", script]}}]}  # fmt: skip
     path = tmp_path / "jobs.yaml"

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 from helpers.registry import REGISTRY, needs_registry
+from helpers.run import WRITE_KERNEL
 from helpers.run import warmer as warmer_process
 
 import warmer as api
@@ -29,11 +30,7 @@ from warmer.signing import envelope_bytes, load_signer, sidecar, sign
 from warmer.store import Store
 
 SECRET = "s3cr3t-4711"
-#: The local runtime moves Triton through TRITON_HOME unless TRITON_CACHE_DIR is set.
-COMMAND = (
-    'd="${TRITON_CACHE_DIR:-$TRITON_HOME/.triton/cache}"; '
-    'mkdir -p "$d/KEY" && echo kernel > "$d/KEY/k.cubin"'
-)
+COMMAND = WRITE_KERNEL
 
 
 def warmer(*args: str | Path, env: dict[str, str] | None = None) -> Result:

@@ -137,7 +137,7 @@ def warm_on_node(manifest: dict[str, Any], options: dict[str, Any]) -> Iterator[
     from warmer.runtimes import available_runtime, get_runtime
 
     yield "node", ray.get_runtime_context().get_node_id()
-    job = Job.model_validate(manifest)
+    job = Job.from_manifest(manifest)
     events: queue.Queue[tuple[str, Any]] = queue.Queue()
     with tempfile.TemporaryDirectory(prefix="warmer-ray-") as tmp:
         runtime = get_runtime(available_runtime())

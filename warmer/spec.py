@@ -421,6 +421,14 @@ class Job(BaseModel):
         """The job as plain JSON data, safe to store: secrets are names, never values."""
         return self.model_dump(mode="json", exclude=set() if self.resources else {"resources"})
 
+    @classmethod
+    def from_manifest(cls, stored: Mapping[str, Any]) -> Job:
+        """A job that `to_manifest` wrote, validated again: the manifest keeps the timeout in
+        seconds (what the agent reads), where a spec must write its unit."""
+        timeout = stored.get("timeout")
+        seconds = isinstance(timeout, int | float) and not isinstance(timeout, bool)
+        return cls.model_validate({**stored, "timeout": f"{timeout}s"} if seconds else stored)
+
 
 # --- problems and the error that lists them ----------------------------------------------
 

@@ -62,3 +62,11 @@ def warmer(
         timeout=900,
         check=False,
     )
+
+
+#: A command-engine warm-up that writes one Triton-like kernel where the runtime points Triton
+#: (the local runtime moves it through TRITON_HOME unless TRITON_CACHE_DIR is set).
+WRITE_KERNEL = (
+    'd="${TRITON_CACHE_DIR:-$TRITON_HOME/.triton/cache}"; '
+    'mkdir -p "$d/KEY" && echo kernel > "$d/KEY/k.cubin"'
+)
