@@ -416,3 +416,15 @@ def _manifest_size(repo: str, digest: str) -> int:
     )
     answer.raise_for_status()
     return len(answer.content)
+
+
+def test_the_loader_answers_a_trust_refusal_with_a_status_and_writes_nothing(
+    tmp_path: Path, keys: dict[str, Path]
+) -> None:
+    signed = save(tmp_path, "served", b"v" * 64, "--sign", keys["ci"])
+    root = tmp_path / "root"
+    refused = api.load(signed, root=root, trust=[f"{keys['other']}.pub"])
+    assert refused.status == "refused_corrupt" and "untrusted" in refused.reasons[0]
+    assert not root.exists()
+    loaded = api.load(signed, root=root, trust=[f"{keys['ci']}.pub"])
+    assert loaded.status == "loaded" and loaded.written == 1

@@ -47,13 +47,14 @@ def load(
     root: str | os.PathLike[str] = "/",
     store: str | os.PathLike[str] | None = None,
     force: bool = False,
+    trust: Sequence[str | os.PathLike[str]] | None = None,
 ) -> LoadResult:
     """Install what `source` names, for a server at start-up: returns a status (`loaded`,
-    `nothing_for_env`, `mismatch` with reasons, `refused_corrupt`, `unavailable`) and raises
-    only for a wrong argument (see `warmer.loading`)."""
+    `nothing_for_env`, `mismatch` with reasons, `refused_corrupt` (also: not signed by a key of
+    `trust`), `unavailable`) and raises only for a wrong argument (see `warmer.loading`)."""
     from warmer.loading import load as _load
 
-    return _load(source, root=root, store=store, force=force)
+    return _load(source, root=root, store=store, force=force, trust=trust)
 
 
 def save(

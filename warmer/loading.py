@@ -9,6 +9,7 @@ programming error (a wrong argument) raises.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -19,7 +20,9 @@ from warmer.errors import (
     NothingToRestore,
     RegistryError,
     StoreError,
+    TrustError,
 )
+from warmer.provenance import Trust
 from warmer.restoring import restore
 from warmer.sources import is_bundle
 
@@ -57,6 +60,7 @@ def load(
     root: str | os.PathLike[str] = "/",
     store: str | os.PathLike[str] | None = None,
     force: bool = False,
+    trust: Sequence[str | os.PathLike[str]] | None = None,
 ) -> LoadResult:
     """Install the caches that `source` names (a bundle file, REGISTRY/REPO:TAG or a store
     ref, as `warmer restore` takes them) under `root`, and say how it went (`Status`).
@@ -72,18 +76,19 @@ def load(
     if is_bundle(label) and not Path(label).is_file():
         return LoadResult("nothing_for_env", label, [f"{label}: no such bundle"])
     try:
+        required = Trust.of([Path(key) for key in trust] if trust else None)
         if store is None:
-            report = restore(label, root=target, force=force)
+            report = restore(label, root=target, force=force, trust=required)
         else:
             from warmer.store import Store
 
             with Store(Path(store)) as opened:
-                report = restore(label, store=opened, root=target, force=force)
+                report = restore(label, store=opened, root=target, force=force, trust=required)
     except NothingToRestore as exc:
         return LoadResult("nothing_for_env", label, [str(exc)])
     except EnvMismatch as exc:
         return LoadResult("mismatch", label, list(exc.reasons))
-    except BundleError as exc:
+    except (BundleError, TrustError) as exc:  # corrupt, or not signed as `trust` requires
         return LoadResult("refused_corrupt", label, [str(exc)])
     except (RegistryError, StoreError, OSError) as exc:
         return LoadResult("unavailable", label, [str(exc)])

@@ -154,31 +154,20 @@ def run(
     with_host = hosts is not None or cluster is not None
     options: dict[str, Any] = {"fmt": fmt, "verify": verify}
     placer: FanOut | RayPlacer
-    if cluster is not None:
+    if cluster is not None or hosts is not None:
         opened = Store(store)
-        ended = _Ended(
-            opened,
-            pusher,
-            _Provenance(signer, "ray", None),
-            with_host=True,
-            folds=_folds(opened, folds),
-        )
-        placer = _on_ray(jobs, cluster, opened, out, ended, pusher, quiet=quiet, **options)
-        outcomes = placer.run(jobs)
-    elif hosts is not None:
-        opened = Store(store)
-        ended = _Ended(
-            opened,
-            pusher,
-            _Provenance(signer, "docker", None),
-            with_host=True,
-            folds=_folds(opened, folds),
-        )
-        placer, queues = _fan_out(
-            jobs, hosts, hosts_source, opened, out, ended, quiet=quiet, **options
-        )
-        ended.provenance.urls = {host.name: host.url for host in placer.hosts}
-        outcomes = placer.run(queues)
+        provenance = _Provenance(signer, "ray" if cluster is not None else "docker", None)
+        ended = _Ended(opened, pusher, provenance, with_host=True, folds=_folds(opened, folds))
+        if cluster is not None:
+            placer = _on_ray(jobs, cluster, opened, out, ended, pusher, quiet=quiet, **options)
+            outcomes = placer.run(jobs)
+        else:
+            assert hosts is not None
+            placer, queues = _fan_out(
+                jobs, hosts, hosts_source, opened, out, ended, quiet=quiet, **options
+            )
+            provenance.urls = {host.name: host.url for host in placer.hosts}
+            outcomes = placer.run(queues)
     else:
         assert runtime is not None
         engine = get_runtime(runtime)
