@@ -66,7 +66,7 @@ def test_a_large_streamed_file_with_a_secret_is_dropped_from_the_store(tmp_path:
 
 def command_job(tmp_path: Path, image: str | None) -> Path:
     """A job that prints its secret (multi-line) and writes it into its Triton cache."""
-    cache = '"${TRITON_CACHE_DIR:-/root/.triton/cache}"'
+    cache = '"${TRITON_CACHE_DIR:-${TRITON_HOME:-/root}/.triton/cache}"'  # local: TRITON_HOME
     script = (
         f'printf "the key is %s\\n" "${SECRET_NAME}" >&2; '
         f"mkdir -p {cache}/KEY {cache}/LEAK; echo kernel > {cache}/KEY/k.cubin; "

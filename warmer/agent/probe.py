@@ -294,12 +294,19 @@ def key_factors(vllm_root: str | None = None) -> dict[str, Any]:
     torch and Triton, so it costs seconds: the agent calls it after a warm-up, `warmer check`
     on its target. `vllm_root`: a vLLM cache root whose graph directories' own
     `cache_key_factors.json` are recorded."""
-    return {
-        "triton": _guarded(_triton_factors),
-        "inductor": _guarded(_inductor_factors),
-        "vllm": _guarded(lambda: _vllm_factors(vllm_root)),
-        "silicon": _guarded(_silicon),
-    }
+    environ = dict(os.environ)
+    try:
+        return {
+            "triton": _guarded(_triton_factors),
+            "inductor": _guarded(_inductor_factors),
+            "vllm": _guarded(lambda: _vllm_factors(vllm_root)),
+            "silicon": _guarded(_silicon),
+        }
+    finally:
+        # asked where its cache is, torch sets TORCHINDUCTOR_CACHE_DIR in os.environ: a probe
+        # in warmer's own process (`warmer save`) must not send the jobs it starts there
+        os.environ.clear()
+        os.environ.update(environ)
 
 
 def _guarded(read: Any) -> Any:
